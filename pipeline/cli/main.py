@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import devstack, topics
+from pipeline.cli import config, devstack, publish, topics, worker
 
 app = typer.Typer(
     name="pipeline",
     help="Kafka-native delivery pipeline: ingest -> dedupe -> per-sink delivery.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
-app.add_typer(devstack.app, name="devstack")
-app.add_typer(topics.app, name="topics")
+app.command("worker")(worker.worker)
+app.command("publish")(publish.publish)
+app.add_typer(topics.app, name="topics", help="Plan and apply the topics declared in topics.yaml.")
+app.add_typer(config.app, name="config")
+app.add_typer(devstack.app, name="devstack", help="Local Kafka and PostgreSQL for development and tests.")
 
 
 def main() -> None:

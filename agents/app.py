@@ -1,0 +1,85 @@
+"""The Faust app: built from the settings and the topic catalog, with the agents registered in the order
+an event flows: ingest -> dedupe -> fan-out -> deliver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import TopicT
+
+from pipeline.config import Settings
+from pipeline.topics import TopicCatalog, TopicSpec
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+@dataclass
+class Pipeline:
+    """What the agents share: the app, the settings, and a Faust topic per declared topic."""
+
+    app: faust.App
+    settings: Settings
+    catalog: TopicCatalog
+    topics: dict[str, TopicT] = field(default_factory=dict)
+
+    def topic(self, spec: TopicSpec) -> TopicT:
+        if spec.name not in self.topics:
+            self.topics[spec.name] = self.app.topic(spec.name, partitions=spec.partitions, internal=False, **RAW)
+        return self.topics[spec.name]
+
+
+def _credentials(settings: Settings) -> Any:
+    kafka = settings.kafka
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            ssl_context=kafka.ssl_context(),
+            mechanism=kafka.sasl_mechanism,
+        )
+    context = kafka.ssl_context()
+    return faust.SSLCredentials(context) if context is not None else None
+
+
+def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
+    from agents import dedupe, deliver, ingest
+
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka.servers],
+        broker_credentials=_credentials(settings),
+        broker_client_id=settings.kafka.client_id,
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        # Topics come from topics.yaml (`pipeline topics apply`); Faust must not create them with guesses.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        topic_partitions=catalog.by_hash.partitions,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        broker_max_poll_records=500,
+        broker_max_poll_interval=300.0,
+        broker_commit_interval=1.0,
+        # Acks are manual (after the write or the produce acknowledgement); waiting for "empty" streams
+        # at shutdown or rebalance would wait on a sink that may be down. Unacked events are redelivered.
+        stream_wait_empty=False,
+        table_cleanup_interval=30.0,
+        web_enabled=settings.web_enabled,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+    pipeline = Pipeline(app=app, settings=settings, catalog=catalog)
+    ingest.register(pipeline)
+    dedupe.register(pipeline)
+    deliver.register(pipeline)
+    return pipeline

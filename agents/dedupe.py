@@ -1,0 +1,102 @@
+"""Dedupe agent: the by-hash topic is keyed by content hash, so every copy of an event reaches the same
+partition and the same RocksDB-backed table entry, whichever ingest partition it came from. Unique
+events fan out to the topic of every enabled sink; duplicates within IDEMPOTENCY_WINDOW_SEC are dropped
+(and counted). A timer removes entries older than the window from the local store; the changelog
+topic's retention drops them from Kafka, so neither grows without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from faust.types import EventT, StreamT
+
+from agents.acks import ack_all, wait_produced
+from agents.app import Pipeline
+from pipeline.batching import Batcher
+from pipeline.dedupe import Decision, Seen, decide, is_expired
+from pipeline.observability import metrics
+
+log = structlog.get_logger("pipeline.dedupe")
+
+
+def register(pipeline: Pipeline) -> None:
+    app, catalog, settings = pipeline.app, pipeline.catalog, pipeline.settings
+    window_ms = settings.idempotency_window_sec * 1000
+    source = pipeline.topic(catalog.by_hash)
+    outputs = [pipeline.topic(catalog.sink(sink.name)) for sink in settings.enabled_sinks()]
+    table = app.Table(
+        "dedupe",
+        default=None,
+        partitions=catalog.by_hash.partitions,
+        key_type=bytes,
+        key_serializer="raw",
+        value_serializer="json",
+        help="event hash -> first sighting {t, p, o} on the by-hash topic",
+    )
+    changelog = table.changelog_topic.get_topic_name()
+    if changelog != catalog.dedupe_changelog.name:
+        raise ValueError(
+            f"topics.yaml names the dedupe changelog {catalog.dedupe_changelog.name!r} but Faust uses "
+            f"{changelog!r}; the template must be '{{app_id}}-dedupe-changelog'"
+        )
+
+    async def dedupe(stream: StreamT[Any]) -> None:
+        manual = stream.noack()
+
+        async def settle(batch: list[tuple[EventT[Any], list[Any]]]) -> None:
+            await wait_produced([f for _, futures in batch for f in futures])
+            await ack_all(manual, [event for event, _ in batch])
+
+        batcher: Batcher[tuple[EventT[Any], list[Any]]] = Batcher(
+            settle, max_size=settings.ingest_batch_size, linger=0.05, name="dedupe"
+        )
+        async with batcher.running():
+            async for event in manual.events():
+                message = event.message
+                key = message.key
+                decision = decide(
+                    Seen.from_json(table.get(key)),
+                    now_ms=int(time.time() * 1000),
+                    window_ms=window_ms,
+                    partition=message.partition,
+                    offset=message.offset,
+                )
+                if decision is Decision.DUPLICATE:
+                    metrics.DUPLICATES.inc()
+                    await batcher.add((event, []))
+                    continue
+                futures = [
+                    await topic.send(key=key, value=message.value, headers=message.headers) for topic in outputs
+                ]
+                if decision is Decision.FORWARD:
+                    # Written after the sends are queued; a redelivery of this same record is recognised
+                    # by its partition and offset and forwarded again (see pipeline.dedupe).
+                    table[key] = Seen(int(time.time() * 1000), message.partition, message.offset).to_json()
+                    metrics.FORWARDED.inc()
+                else:
+                    metrics.REDELIVERED.inc()
+                await batcher.add((event, futures))
+
+    app.agent(source, name="dedupe", concurrency=1)(dedupe)
+
+    sweep_every = max(1.0, min(60.0, settings.idempotency_window_sec / 10))
+
+    async def expire_dedupe_entries() -> None:
+        now_ms = int(time.time() * 1000)
+        expired: list[Any] = []
+        for index, (key, value) in enumerate(table.data.items()):
+            seen = Seen.from_json(value)
+            if seen is None or is_expired(seen, now_ms=now_ms, window_ms=window_ms):
+                expired.append(key)
+            if index % 1000 == 999:
+                await asyncio.sleep(0)
+        for key in expired:
+            table.data.pop(key, None)
+        if expired:
+            metrics.EXPIRED.inc(len(expired))
+            log.info("dedupe entries expired", count=len(expired), window_sec=settings.idempotency_window_sec)
+
+    app.timer(sweep_every, name="dedupe-expiry")(expire_dedupe_entries)

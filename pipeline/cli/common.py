@@ -1,0 +1,33 @@
+"""What every command shares: loading the settings and turning known errors into one clear line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from pipeline.config import ConfigError, Provenance, Settings, load_settings_with_provenance
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+ConfigOption = typer.Option(
+    None, "--config", "-c", help="YAML config file (default: $PIPELINE_CONFIG).", show_default=False
+)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit(config: Path | None) -> tuple[Settings, Provenance]:
+    try:
+        return load_settings_with_provenance(config)
+    except ConfigError as exc:
+        fail(f"config: {exc}", EX_CONFIG)
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

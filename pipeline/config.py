@@ -1,0 +1,508 @@
+"""One settings model for the whole pipeline: a YAML file (PIPELINE_CONFIG) plus environment overrides.
+
+Precedence, highest first, for every sink setting:
+    per-sink env (TSDB_MAX_RETRIES) > default env (SINK_DEFAULT_MAX_RETRIES, QUEUE_MAX_BYTES)
+    > file (sinks.tsdb.retry.max_retries, then sink_defaults.retry.max_retries) > built-in default.
+Global settings: env (KAFKA_BOOTSTRAP_SERVERS, INGEST_TOPIC, ...) > file > built-in default.
+
+Every value remembers where it came from, so `pipeline config show` can print its source and a bad value
+fails at start naming the setting, its env variable or file line, and the reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import ssl
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import MarkedYAMLError
+
+from pipeline.sinks.registry import BUILTIN_SINKS, IMPLEMENTED_TYPES, SINK_TYPES
+from pipeline.sinks.settings import SinkSettings
+from pipeline.topics import SinkTopicVars, TopicVars
+
+CONFIG_ENV = "PIPELINE_CONFIG"
+MASK = "********"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid. The message names the setting and where its value came from."""
+
+
+class KafkaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "pipeline"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    topic_partitions: int | None = Field(None, ge=1, description="overrides topics.yaml defaults.partitions")
+    replication_factor: int | None = Field(None, ge=1, description="overrides defaults.replication_factor")
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Security keyword arguments shared by aiokafka's producer, consumer and admin client."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        return kwargs
+
+    def admin_kwargs(self) -> dict[str, Any]:
+        return {"client_id": f"{self.client_id}-admin", **self.client_kwargs()}
+
+
+class Settings(BaseSettings):
+    """The effective configuration. Build it with `load_settings()`; constructing it directly skips the
+    env/file layering (useful in tests and embedding)."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    app_id: str = Field("pipeline", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    data_dir: Path = Path(".data")
+    ingest_topic: str = Field("events.ingest", pattern=r"^[A-Za-z0-9._-]+$")
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
+    topics_file: Path | None = None
+    topics_auto_apply: bool = True
+    max_event_bytes: int = Field(1_048_576, ge=64, le=64 * 1_048_576)
+    idempotency_window_sec: int = Field(86_400, ge=1)
+    ingest_batch_size: int = Field(500, ge=1, le=10_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    web_enabled: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    sinks: dict[str, SinkSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The layering (file, default env, per-sink env) is done by `load_settings`, which needs to know
+        # where each value came from; the model itself only validates what it is given.
+        return (init_settings,)
+
+    def enabled_sinks(self) -> list[SinkSettings]:
+        return [s for s in self.sinks.values() if s.enabled]
+
+    def topics_path(self) -> Path:
+        from pipeline.topics import default_topics_path
+
+        return self.topics_file or default_topics_path()
+
+    def topic_vars(self) -> TopicVars:
+        from pipeline.reliability.policies import tier_label
+
+        return TopicVars(
+            ingest_topic=self.ingest_topic,
+            app_id=self.app_id,
+            sinks=tuple(
+                SinkTopicVars(name=s.name, retry_tiers=tuple(tier_label(d) for d in s.retry.tier_delays_ms()))
+                for s in self.enabled_sinks()
+            ),
+            prefix=self.topic_prefix,
+            idempotency_window_ms=self.idempotency_window_sec * 1000,
+            partitions=self.kafka.topic_partitions,
+            replication_factor=self.kafka.replication_factor,
+        )
+
+    def check_runnable(self, provenance: Provenance | None = None) -> None:
+        """What a worker needs beyond valid values: at least one sink, and each enabled sink complete."""
+        enabled = self.enabled_sinks()
+        if not enabled:
+            raise ConfigError(
+                "no sink is enabled: enable one, e.g. TSDB_ENABLED=true with TSDB_DSN=postgresql://..."
+            )
+        for sink in enabled:
+            if sink.type not in IMPLEMENTED_TYPES:
+                raise ConfigError(
+                    f"sink {sink.name!r} has type {sink.type!r}, which this version cannot deliver to yet "
+                    f"(available: {', '.join(sorted(IMPLEMENTED_TYPES))}); disable it with "
+                    f"{env_prefix(sink.name)}_ENABLED=false"
+                )
+            try:
+                sink.require_runnable()
+            except ValueError as exc:
+                setting = str(exc).split(" ", 1)[0]
+                raise ConfigError(
+                    f"sinks.{sink.name}.{setting} (env {env_prefix(sink.name)}_{setting.upper()}): {exc} "
+                    f"(sink {sink.name!r}; set {env_prefix(sink.name)}_ENABLED=false to turn it off)"
+                ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Where each value came from
+
+
+@dataclass
+class Provenance:
+    """dotted setting path -> human-readable source ("env TSDB_DSN", "config.yaml:12", "default")."""
+
+    sources: dict[str, str] = field(default_factory=dict)
+    env_values: dict[str, str] = field(default_factory=dict)
+
+    def source_of(self, path: str) -> str:
+        return self.sources.get(path, "default")
+
+
+def env_prefix(sink_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", sink_name).upper()
+
+
+_GLOBAL_ENV: dict[str, str] = {
+    "app_id": "PIPELINE_APP_ID",
+    "data_dir": "PIPELINE_DATA_DIR",
+    "ingest_topic": "INGEST_TOPIC",
+    "topic_prefix": "TOPIC_PREFIX",
+    "topics_file": "TOPICS_FILE",
+    "topics_auto_apply": "TOPICS_AUTO_APPLY",
+    "max_event_bytes": "INGEST_MAX_EVENT_BYTES",
+    "idempotency_window_sec": "IDEMPOTENCY_WINDOW_SEC",
+    "ingest_batch_size": "INGEST_BATCH_SIZE",
+    "log_level": "LOG_LEVEL",
+    "log_format": "LOG_FORMAT",
+    "web_enabled": "WEB_ENABLED",
+    "web_host": "WEB_HOST",
+    "web_port": "WEB_PORT",
+}
+_GLOBAL_ENV.update({f"kafka.{name}": f"KAFKA_{name.upper()}" for name in KafkaSettings.model_fields})
+
+# Env suffixes of nested sink groups. The queue group keeps the seeds' QUEUE_ infix (TSDB_QUEUE_MAX_BYTES);
+# retry and breaker leaves are flat (TSDB_MAX_RETRIES, TSDB_FAILURE_THRESHOLD) as in the seeds.
+_GROUP_INFIX = {"retry": "", "circuit_breaker": "", "queue": "QUEUE_"}
+_SUFFIX_OVERRIDES = {("circuit_breaker", "enabled"): "BREAKER_ENABLED"}
+_NOT_FROM_ENV = {"name", "type"}
+
+
+@dataclass(frozen=True)
+class SinkLeaf:
+    """One setting of a sink: its path inside the sink and the env suffix that sets it."""
+
+    path: tuple[str, ...]
+    suffix: str
+    defaultable: bool  # exists on every sink, so SINK_DEFAULT_<suffix> applies
+
+
+def sink_leaves(model: type[SinkSettings]) -> list[SinkLeaf]:
+    leaves: list[SinkLeaf] = []
+    base_fields = set(SinkSettings.model_fields)
+    for name, info in model.model_fields.items():
+        if name in _NOT_FROM_ENV:
+            continue
+        key = info.alias or name
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for leaf in annotation.model_fields:
+                suffix = _SUFFIX_OVERRIDES.get((name, leaf), f"{_GROUP_INFIX[name]}{leaf.upper()}")
+                leaves.append(SinkLeaf((key, leaf), suffix, name in base_fields))
+        else:
+            leaves.append(SinkLeaf((key,), key.upper(), name in base_fields))
+    suffixes = [leaf.suffix for leaf in leaves]
+    assert len(suffixes) == len(set(suffixes)), f"env suffix collision in {model.__name__}"
+    return leaves
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_settings(
+    config_file: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    return load_settings_with_provenance(config_file, environ)[0]
+
+
+def load_settings_with_provenance(
+    config_file: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, Provenance]:
+    env = dict(os.environ if environ is None else environ)
+    path = Path(config_file) if config_file else (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    file_data, file_lines = _read_config_file(path) if path else ({}, {})
+    prov = Provenance()
+    raw: dict[str, Any] = {}
+
+    known_top = set(Settings.model_fields) | {"sink_defaults"}
+    for key in file_data:
+        if key not in known_top:
+            raise ConfigError(
+                f"{_where(path, file_lines, (key,))}: unknown setting {key!r}{_suggest(key, known_top)}"
+            )
+
+    # Global settings: env > file > default.
+    for dotted, env_name in _GLOBAL_ENV.items():
+        keys = tuple(dotted.split("."))
+        if env_name in env:
+            _put(raw, keys, env[env_name])
+            prov.sources[dotted] = f"env {env_name}"
+            prov.env_values[dotted] = env[env_name]
+        else:
+            found, value = _get(file_data, keys)
+            if found:
+                _put(raw, keys, value)
+                prov.sources[dotted] = _where(path, file_lines, keys)
+    kafka_file = file_data.get("kafka") or {}
+    if isinstance(kafka_file, Mapping):
+        for key in kafka_file:
+            if key not in KafkaSettings.model_fields:
+                raise ConfigError(
+                    f"{_where(path, file_lines, ('kafka', key))}: unknown setting kafka.{key}"
+                    f"{_suggest(str(key), set(KafkaSettings.model_fields))}"
+                )
+
+    _check_default_env_names(env)
+    raw["sinks"] = _load_sinks(path, file_data, file_lines, env, prov)
+
+    try:
+        settings = Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, prov)) from None
+    return settings, prov
+
+
+def _load_sinks(
+    path: Path | None,
+    file_data: Mapping[str, Any],
+    file_lines: Mapping[tuple[str, ...], int],
+    env: Mapping[str, str],
+    prov: Provenance,
+) -> dict[str, SinkSettings]:
+    file_sinks = file_data.get("sinks") or {}
+    file_defaults = file_data.get("sink_defaults") or {}
+    if not isinstance(file_sinks, Mapping):
+        raise ConfigError(f"{_where(path, file_lines, ('sinks',))}: sinks must be a mapping of name -> settings")
+    names: dict[str, str] = {name: type_ for name, (type_, _) in BUILTIN_SINKS.items()}
+    for name, body in file_sinks.items():
+        body = body or {}
+        declared = body.get("type") if isinstance(body, Mapping) else None
+        if declared is None and name not in BUILTIN_SINKS:
+            raise ConfigError(
+                f"{_where(path, file_lines, ('sinks', name))}: unknown sink {name!r}"
+                f"{_suggest(str(name), set(BUILTIN_SINKS))}; known sinks: {', '.join(BUILTIN_SINKS)}. "
+                f"To add another instance give it a type ({', '.join(SINK_TYPES)})"
+            )
+        type_ = str(declared or names[name])
+        if type_ not in SINK_TYPES:
+            raise ConfigError(
+                f"{_where(path, file_lines, ('sinks', name, 'type'))}: sink {name!r} has unknown type {type_!r}"
+                f"{_suggest(type_, set(SINK_TYPES))}; known types: {', '.join(SINK_TYPES)}"
+            )
+        names[str(name)] = type_
+
+    sinks: dict[str, SinkSettings] = {}
+    for name, type_ in names.items():
+        model = SINK_TYPES[type_]
+        prefix = env_prefix(name)
+        raw: dict[str, Any] = {"name": name, "type": type_}
+        if name in BUILTIN_SINKS:
+            raw["enabled"] = BUILTIN_SINKS[name][1]
+        body = file_sinks.get(name) or {}
+        allowed = {leaf.path[0] for leaf in sink_leaves(model)} | {"type"}
+        for key in body:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{_where(path, file_lines, ('sinks', name, key))}: unknown setting sinks.{name}.{key}"
+                    f"{_suggest(str(key), allowed)}"
+                )
+        for leaf in sink_leaves(model):
+            dotted = ".".join(("sinks", name, *leaf.path))
+            candidates: list[tuple[str, Any, str]] = []
+            if f"{prefix}_{leaf.suffix}" in env:
+                candidates.append((f"env {prefix}_{leaf.suffix}", env[f"{prefix}_{leaf.suffix}"], "env"))
+            if leaf.defaultable:
+                for default_env in _default_env_names(leaf):
+                    if default_env in env:
+                        candidates.append((f"env {default_env}", env[default_env], "env"))
+            found, value = _get(body, leaf.path)
+            if found:
+                candidates.append((_where(path, file_lines, ("sinks", name, *leaf.path)), value, "file"))
+            found, value = _get(file_defaults, leaf.path) if leaf.defaultable else (False, None)
+            if found:
+                candidates.append((_where(path, file_lines, ("sink_defaults", *leaf.path)), value, "file"))
+            if candidates:
+                source, value, kind = candidates[0]
+                _put(raw, leaf.path, value)
+                prov.sources[dotted] = source
+                if kind == "env":
+                    prov.env_values[dotted] = str(value)
+        try:
+            sinks[name] = model.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, prov, loc_prefix=("sinks", name))) from None
+    return sinks
+
+
+def _default_env_names(leaf: SinkLeaf) -> list[str]:
+    names = [f"SINK_DEFAULT_{leaf.suffix}"]
+    if leaf.path[0] == "queue":  # the seeds' global QUEUE_MAX_BYTES, QUEUE_FLUSH_INTERVAL_MS, ...
+        names.append(leaf.suffix)
+    return names
+
+
+def _check_default_env_names(env: Mapping[str, str]) -> None:
+    known = {f"SINK_DEFAULT_{leaf.suffix}" for leaf in sink_leaves(SinkSettings)}
+    for name in env:
+        if name.startswith("SINK_DEFAULT_") and name not in known:
+            raise ConfigError(f"unknown setting {name}{_suggest(name, known)}")
+
+
+def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{CONFIG_ENV}={path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        data = YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {exc.problem}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, CommentedMap):
+        raise ConfigError(f"{path}:1: the config file must be a mapping of settings")
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: CommentedMap, prefix: tuple[str, ...]) -> None:
+        for key in node:
+            lines[(*prefix, str(key))] = node.lc.key(key)[0] + 1
+            child = node[key]
+            if isinstance(child, CommentedMap):
+                walk(child, (*prefix, str(key)))
+
+    walk(data, ())
+    return _plain(data), lines
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _where(path: Path | None, lines: Mapping[tuple[str, ...], int], keys: tuple[str, ...]) -> str:
+    line = lines.get(tuple(str(k) for k in keys))
+    return f"{path}:{line}" if line else str(path)
+
+
+def _get(data: Any, keys: tuple[str, ...]) -> tuple[bool, Any]:
+    node = data
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return False, None
+        node = node[key]
+    return True, node
+
+
+def _put(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def _suggest(word: str, options: set[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(exc: ValidationError, prov: Provenance, loc_prefix: tuple[str, ...] = ()) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = [str(p) for p in (*loc_prefix, *error["loc"])]
+        dotted = ".".join(loc)
+        source = prov.source_of(dotted)
+        shown = ""
+        if dotted in prov.env_values and not _is_secret_path(dotted):
+            shown = f"={prov.env_values[dotted]!r}"
+        where = f" (from {source}{shown})" if source != "default" else ""
+        problems.append(f"invalid setting {dotted}{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# Showing
+
+
+_SECRET_WORDS = ("password", "secret", "token", "dsn", "api_key")
+
+
+def _is_secret_path(dotted: str) -> bool:
+    return any(word in dotted.rsplit(".", 1)[-1] for word in _SECRET_WORDS)
+
+
+def mask_url(url: str) -> str:
+    """postgresql://user:pw@host/db -> postgresql://user:********@host/db (anything unparsable is masked)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    if not parts.scheme or not parts.netloc:
+        return MASK
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{netloc}"))
+
+
+def display_value(dotted: str, value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return mask_url(value.get_secret_value()) if dotted.endswith("dsn") else MASK
+    if value is None:
+        return "-"
+    if _is_secret_path(dotted):
+        return MASK
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def iter_effective(settings: Settings) -> Iterator[tuple[str, Any]]:
+    """Every leaf setting as (dotted path, value), in model order."""
+
+    def walk(model: BaseModel, prefix: str) -> Iterator[tuple[str, Any]]:
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            key = info.alias or name
+            dotted = f"{prefix}{key}"
+            if isinstance(value, BaseModel):
+                yield from walk(value, f"{dotted}.")
+            elif isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+                for sub_name, sub in value.items():
+                    yield from walk(sub, f"{dotted}.{sub_name}.")
+            else:
+                yield dotted, value
+
+    yield from walk(settings, "")

@@ -1,0 +1,67 @@
+"""Structured logs: JSON lines in production, key=value on a terminal. Faust's and aiokafka's stdlib
+loggers go through the same formatter, so one worker writes one format."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.StackInfoRenderer(),
+]
+
+
+def _renderer(fmt: str) -> Any:
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    return structlog.processors.JSONRenderer()
+
+
+def logging_dict_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any]:
+    """A logging.config.dictConfig dict (Faust's Worker takes one as `logging_config`)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structured": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    _renderer(fmt),
+                ],
+                "foreign_pre_chain": _SHARED,
+            }
+        },
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "structured", "stream": "ext://sys.stderr"}
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "aiokafka": {"level": "WARNING"},
+            "faust": {"level": "WARNING" if level == "INFO" else level},
+            "mode": {"level": "WARNING" if level == "INFO" else level},
+        },
+    }
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    import logging.config
+
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    logging.config.dictConfig(logging_dict_config(level, fmt))
+    logging.getLogger().setLevel(level)

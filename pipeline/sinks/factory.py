@@ -1,0 +1,16 @@
+"""Build a sink instance from its settings."""
+
+from __future__ import annotations
+
+from pipeline.sinks.base import Sink
+from pipeline.sinks.settings import SinkSettings
+
+
+def create_sink(settings: SinkSettings) -> Sink:
+    if settings.type == "postgres":
+        from pipeline.sinks.postgres.config import PostgresSinkSettings
+        from pipeline.sinks.postgres.sink import PostgresSink
+
+        assert isinstance(settings, PostgresSinkSettings)
+        return PostgresSink(settings)
+    raise ValueError(f"sink {settings.name!r}: type {settings.type!r} has no implementation in this version")

@@ -1,0 +1,23 @@
+"""Settings every sink has, whatever its type. Each sink type extends `SinkSettings` with its own fields."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.reliability.policies import BreakerPolicy, QueuePolicy, RetryPolicy
+
+
+class SinkSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: str
+    enabled: bool = False
+    batch_size: int = Field(500, ge=1, le=100_000, description="events per write")
+    linger_ms: int = Field(200, ge=0, description="how long a partial batch waits for more events")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    circuit_breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    queue: QueuePolicy = Field(default_factory=QueuePolicy)
+
+    def require_runnable(self) -> None:
+        """Raise ValueError naming the setting when an enabled sink lacks what it needs to run."""
