@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import structlog
 from faust.types import TopicT
 
 from pipeline.config import Settings
 from pipeline.topics import TopicCatalog, TopicSpec
+
+log = structlog.get_logger("pipeline.worker")
 
 RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -79,6 +82,14 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         web_in_thread=False,
     )
     pipeline = Pipeline(app=app, settings=settings, catalog=catalog)
+
+    @app.on_partitions_assigned.connect
+    async def _log_assignment(sender: Any, assigned: set[Any], **_: Any) -> None:
+        by_topic: dict[str, list[int]] = {}
+        for tp in assigned:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        log.info("partitions assigned", assigned={t: sorted(p) for t, p in sorted(by_topic.items())})
+
     ingest.register(pipeline)
     dedupe.register(pipeline)
     deliver.register(pipeline)

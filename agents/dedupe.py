@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+import faust
 import structlog
 from faust.types import EventT, StreamT
 
@@ -31,9 +32,7 @@ def register(pipeline: Pipeline) -> None:
         "dedupe",
         default=None,
         partitions=catalog.by_hash.partitions,
-        key_type=bytes,
-        key_serializer="raw",
-        value_serializer="json",
+        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
         help="event hash -> first sighting {t, p, o} on the by-hash topic",
     )
     changelog = table.changelog_topic.get_topic_name()
