@@ -170,7 +170,7 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 30) -> list[Re
         await consumer.seek_to_beginning(*tps)
         records: list[Record] = []
         deadline = time.monotonic() + timeout
-        while any(await _behind(consumer, tp, ends[tp]) for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"could not read {topic} to its end within {timeout}s")
             batch = await consumer.getmany(timeout_ms=500)
@@ -180,10 +180,6 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 30) -> list[Re
         return records
     finally:
         await consumer.stop()
-
-
-async def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
-    return await consumer.position(tp) < end
 
 
 async def count_rows(dsn: str, table: str) -> int:

@@ -1,5 +1,114 @@
-"""Placeholder: replaced by the topics command group."""
+"""``pipeline topics plan|apply``: compare the cluster with topics.yaml, and bring it in line.
+
+Exit codes: 0 in sync / changes applied; 1 error (bad topics file, bad settings, Kafka unreachable or
+refusing a request); 2 unfixable drift (partition count or replication factor differs; never changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from pipeline.topics import (
+    TopicCatalog,
+    TopicPlan,
+    TopicsBrokerError,
+    TopicsFileError,
+    apply_topics,
+    default_topics_path,
+    load_topics,
+    plan_topics,
+)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_DRIFT = 2
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Plan and apply the Kafka topics declared in topics.yaml.",
+    pretty_exceptions_enable=False,
+)
+
+FileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help="Topics file. Default: TOPICS_FILE (env or config file), else ./topics.yaml, "
+        "else the one shipped with the package.",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (default: $PIPELINE_CONFIG).", show_default=False),
+]
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, str, dict[str, Any]]:
+    """Load the settings and the topics file; exits with 1 on any problem."""
+    # aiokafka logs connection failures itself; the command reports them as one line instead.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        from pipeline.config import load_settings
+
+        settings = load_settings(config) if config is not None else load_settings()
+        topic_vars = settings.topic_vars()
+        bootstrap = settings.kafka.bootstrap_servers
+        admin_kwargs = dict(settings.kafka.admin_kwargs())
+    except Exception as exc:
+        _fail(f"config: {_one_line(exc)}")
+    path = file or getattr(settings, "topics_file", None) or default_topics_path()
+    try:
+        catalog = load_topics(path, topic_vars)
+    except TopicsFileError as exc:
+        _fail(str(exc))
+    return catalog, bootstrap, admin_kwargs
+
+
+def _run(apply: bool, file: Path | None, config: Path | None) -> None:
+    catalog, bootstrap, admin_kwargs = _prepare(file, config)
+    operation = apply_topics if apply else plan_topics
+    try:
+        result: TopicPlan = asyncio.run(operation(catalog, bootstrap, **admin_kwargs))
+    except TopicsBrokerError as exc:
+        if exc.unreachable:
+            _fail(f"cannot reach Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS): {exc.reason}")
+        _fail(_one_line(exc))
+    except Exception as exc:
+        _fail(f"{'apply' if apply else 'plan'} failed against Kafka at {bootstrap}: {_one_line(exc)}")
+    typer.echo(result.render())
+    if result.has_unfixable_drift:
+        drifted = sorted({c.topic for c in result.changes if not c.fixable})
+        _fail(
+            f"unfixable drift in {len(drifted)} topic(s): {', '.join(drifted)}",
+            EXIT_DRIFT,
+        )
+
+
+@app.command()
+def plan(file: FileOption = None, config: ConfigFileOption = None) -> None:
+    """Show what apply would change. Exit 0 if nothing is unfixable, 2 on unfixable drift."""
+    _run(apply=False, file=file, config=config)
+
+
+@app.command()
+def apply(file: FileOption = None, config: ConfigFileOption = None) -> None:
+    """Create missing topics and fix config values. Exit 0 when done, 2 on unfixable drift."""
+    _run(apply=True, file=file, config=config)
