@@ -72,6 +72,8 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         broker_max_poll_records=500,
         broker_max_poll_interval=300.0,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka.heartbeat_interval_ms / 1000,
         # Acks are manual (after the write or the produce acknowledgement); waiting for "empty" streams
         # at shutdown or rebalance would wait on a sink that may be down. Unacked events are redelivered.
         stream_wait_empty=False,

@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import faust
 import structlog
 from faust.types import EventT, StreamT
 
@@ -32,7 +31,8 @@ def register(pipeline: Pipeline) -> None:
         "dedupe",
         default=None,
         partitions=catalog.by_hash.partitions,
-        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+        # JSON keys and values: Faust's changelog recovery decodes with the topic's JSON codec.
+        key_type=str,
         help="event hash -> first sighting {t, p, o} on the by-hash topic",
     )
     changelog = table.changelog_topic.get_topic_name()
@@ -56,8 +56,9 @@ def register(pipeline: Pipeline) -> None:
             async for event in manual.events():
                 message = event.message
                 key = message.key
+                table_key = key.decode()
                 decision = decide(
-                    Seen.from_json(table.get(key)),
+                    Seen.from_json(table.get(table_key)),
                     now_ms=int(time.time() * 1000),
                     window_ms=window_ms,
                     partition=message.partition,
@@ -73,7 +74,7 @@ def register(pipeline: Pipeline) -> None:
                 if decision is Decision.FORWARD:
                     # Written after the sends are queued; a redelivery of this same record is recognised
                     # by its partition and offset and forwarded again (see pipeline.dedupe).
-                    table[key] = Seen(int(time.time() * 1000), message.partition, message.offset).to_json()
+                    table[table_key] = Seen(int(time.time() * 1000), message.partition, message.offset).to_json()
                     metrics.FORWARDED.inc()
                 else:
                     metrics.REDELIVERED.inc()

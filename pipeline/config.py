@@ -49,6 +49,8 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    session_timeout_ms: int = Field(10_000, ge=1000, description="a dead worker's partitions move after this")
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
     topic_partitions: int | None = Field(None, ge=1, description="overrides topics.yaml defaults.partitions")
     replication_factor: int | None = Field(None, ge=1, description="overrides defaults.replication_factor")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import config, devstack, publish, topics, worker
+from pipeline.cli import config, demo, devstack, publish, topics, worker
 
 app = typer.Typer(
     name="pipeline",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.command("worker")(worker.worker)
 app.command("publish")(publish.publish)
+app.command("demo")(demo.demo)
 app.add_typer(topics.app, name="topics", help="Plan and apply the topics declared in topics.yaml.")
 app.add_typer(config.app, name="config")
 app.add_typer(devstack.app, name="devstack", help="Local Kafka and PostgreSQL for development and tests.")
