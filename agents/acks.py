@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from faust.types import EventT, StreamT
+
+
+def manual_acks(stream: StreamT[Any]) -> StreamT[Any]:
+    """The same stream with automatic acks off: we ack each event once what it caused is durable."""
+    noack: StreamT[Any] = cast(Any, stream).noack()
+    return noack
 
 
 async def ack_all(stream: StreamT[Any], events: Sequence[EventT[Any]]) -> None:

@@ -85,7 +85,7 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
     )
     pipeline = Pipeline(app=app, settings=settings, catalog=catalog)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _log_assignment(sender: Any, assigned: set[Any], **_: Any) -> None:
         by_topic: dict[str, list[int]] = {}
         for tp in assigned:

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from faust.types import EventT, StreamT
 
-from agents.acks import ack_all, wait_produced
+from agents.acks import ack_all, manual_acks, wait_produced
 from agents.app import Pipeline
 from pipeline.batching import Batcher
 from pipeline.dedupe import Decision, Seen, decide, is_expired
@@ -43,7 +43,7 @@ def register(pipeline: Pipeline) -> None:
         )
 
     async def dedupe(stream: StreamT[Any]) -> None:
-        manual = stream.noack()
+        manual = manual_acks(stream)
 
         async def settle(batch: list[tuple[EventT[Any], list[Any]]]) -> None:
             await wait_produced([f for _, futures in batch for f in futures])
@@ -68,9 +68,7 @@ def register(pipeline: Pipeline) -> None:
                     metrics.DUPLICATES.inc()
                     await batcher.add((event, []))
                     continue
-                futures = [
-                    await topic.send(key=key, value=message.value, headers=message.headers) for topic in outputs
-                ]
+                futures = [await topic.send(key=key, value=message.value, headers=message.headers) for topic in outputs]
                 if decision is Decision.FORWARD:
                     # Written after the sends are queued; a redelivery of this same record is recognised
                     # by its partition and offset and forwarded again (see pipeline.dedupe).

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from faust.types import EventT, StreamT
 
-from agents.acks import ack_all
+from agents.acks import ack_all, manual_acks
 from agents.app import Pipeline
 from pipeline import headers as h
 from pipeline.batching import Batcher
@@ -32,7 +32,7 @@ def _register_sink(pipeline: Pipeline, settings: SinkSettings) -> None:
     topic = pipeline.topic(pipeline.catalog.sink(settings.name))
 
     async def deliver(stream: StreamT[Any]) -> None:
-        manual = stream.noack()
+        manual = manual_acks(stream)
         sink = create_sink(settings)
         await _until_done(sink, settings, "open", sink.open)
 
@@ -42,7 +42,10 @@ def _register_sink(pipeline: Pipeline, settings: SinkSettings) -> None:
             await ack_all(manual, batch)
 
         batcher: Batcher[EventT[Any]] = Batcher(
-            write, max_size=settings.batch_size, linger=settings.linger_ms / 1000, name=f"deliver-{settings.name}"
+            write,
+            max_size=settings.batch_size,
+            linger=settings.linger_ms / 1000,
+            name=f"deliver-{settings.name}",
         )
         try:
             async with batcher.running():
@@ -57,7 +60,7 @@ def _register_sink(pipeline: Pipeline, settings: SinkSettings) -> None:
 def _record(event: EventT[Any]) -> SinkRecord:
     message = event.message
     key = message.key.decode() if message.key else h.header_value(message.headers, h.EVENT_HASH)
-    if not key:
+    if not key or message.value is None:
         raise ValueError(f"record without event hash at {message.topic}[{message.partition}]@{message.offset}")
     return SinkRecord(event_hash=key, body=message.value)
 
@@ -84,7 +87,7 @@ async def _until_done(sink: Sink, settings: SinkSettings, what: str, action: Any
             return
         except SinkError as exc:
             error = exc
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             error = SinkError(f"{type(exc).__name__}: {exc}")
         metrics.SINK_ERRORS.labels(sink.name, type(error).__name__).inc()
         if isinstance(error, SinkTimeout):

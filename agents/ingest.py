@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from faust.types import EventT, StreamT
 
-from agents.acks import ack_all, wait_produced
+from agents.acks import ack_all, manual_acks, wait_produced
 from agents.app import Pipeline
 from pipeline import headers as h
 from pipeline.batching import Batcher
@@ -26,7 +26,7 @@ def register(pipeline: Pipeline) -> None:
     dlq = pipeline.topic(catalog.ingest_dlq)
 
     async def ingest(stream: StreamT[Any]) -> None:
-        manual = stream.noack()
+        manual = manual_acks(stream)
 
         async def settle(batch: list[tuple[EventT[Any], list[Any]]]) -> None:
             await wait_produced([f for _, futures in batch for f in futures])
@@ -45,12 +45,17 @@ def register(pipeline: Pipeline) -> None:
                 }
                 try:
                     accepted = parse_event(
-                        message.value, settings.max_event_bytes, h.header_value(message.headers, h.IDEMPOTENCY_KEY)
+                        message.value,
+                        settings.max_event_bytes,
+                        h.header_value(message.headers, h.IDEMPOTENCY_KEY),
                     )
                 except Rejection as rejection:
                     metrics.REJECTED.labels(rejection.reason).inc()
                     log.warning(
-                        "event rejected", reason=rejection.reason, error=rejection.message, **_origin_fields(origin)
+                        "event rejected",
+                        reason=rejection.reason,
+                        error=rejection.message,
+                        **_origin_fields(origin),
                     )
                     headers = h.merge(
                         message.headers,
@@ -73,4 +78,8 @@ def register(pipeline: Pipeline) -> None:
 
 
 def _origin_fields(origin: dict[str, Any]) -> dict[str, Any]:
-    return {"topic": origin[h.ORIGIN_TOPIC], "partition": origin[h.ORIGIN_PARTITION], "offset": origin[h.ORIGIN_OFFSET]}
+    return {
+        "topic": origin[h.ORIGIN_TOPIC],
+        "partition": origin[h.ORIGIN_PARTITION],
+        "offset": origin[h.ORIGIN_OFFSET],
+    }

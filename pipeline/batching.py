@@ -84,7 +84,7 @@ class Batcher(Generic[T]):
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: S110 - already recorded in _error
+            except (asyncio.CancelledError, Exception):
                 pass
 
     async def _run(self) -> None:

@@ -143,9 +143,7 @@ class Settings(BaseSettings):
         """What a worker needs beyond valid values: at least one sink, and each enabled sink complete."""
         enabled = self.enabled_sinks()
         if not enabled:
-            raise ConfigError(
-                "no sink is enabled: enable one, e.g. TSDB_ENABLED=true with TSDB_DSN=postgresql://..."
-            )
+            raise ConfigError("no sink is enabled: enable one, e.g. TSDB_ENABLED=true with TSDB_DSN=postgresql://...")
         for sink in enabled:
             if sink.type not in IMPLEMENTED_TYPES:
                 raise ConfigError(
@@ -239,9 +237,7 @@ def sink_leaves(model: type[SinkSettings]) -> list[SinkLeaf]:
 # Loading
 
 
-def load_settings(
-    config_file: Path | str | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(config_file: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     return load_settings_with_provenance(config_file, environ)[0]
 
 
@@ -257,9 +253,7 @@ def load_settings_with_provenance(
     known_top = set(Settings.model_fields) | {"sink_defaults"}
     for key in file_data:
         if key not in known_top:
-            raise ConfigError(
-                f"{_where(path, file_lines, (key,))}: unknown setting {key!r}{_suggest(key, known_top)}"
-            )
+            raise ConfigError(f"{_where(path, file_lines, (key,))}: unknown setting {key!r}{_suggest(key, known_top)}")
 
     # Global settings: env > file > default.
     for dotted, env_name in _GLOBAL_ENV.items():

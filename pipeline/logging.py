@@ -3,7 +3,6 @@ loggers go through the same formatter, so one worker writes one format."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -43,7 +42,11 @@ def logging_dict_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any
             }
         },
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "structured", "stream": "ext://sys.stderr"}
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "structured",
+                "stream": "ext://sys.stderr",
+            }
         },
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {

@@ -75,7 +75,10 @@ class Publisher:
         self, raw: bytes, *, key: bytes | None = None, headers: Iterable[tuple[str, bytes]] = ()
     ) -> asyncio.Future[Any]:
         """Queue one message; the returned future resolves when the broker acknowledged it."""
-        return await self._producer.send(self.topic, value=raw, key=key, headers=[*self.headers, *headers])
+        future: asyncio.Future[Any] = await self._producer.send(
+            self.topic, value=raw, key=key, headers=[*self.headers, *headers]
+        )
+        return future
 
     async def send(self, event: Mapping[str, Any], *, idempotency_key: str | None = None) -> None:
         raw = orjson.dumps(event)

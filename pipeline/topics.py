@@ -142,9 +142,7 @@ class TopicsFileError(TopicsError, ValueError):
 class TopicsBrokerError(TopicsError, RuntimeError):
     """The cluster could not be reached, or refused a request."""
 
-    def __init__(
-        self, message: str, bootstrap_servers: str, *, unreachable: bool = False, reason: str = ""
-    ) -> None:
+    def __init__(self, message: str, bootstrap_servers: str, *, unreachable: bool = False, reason: str = "") -> None:
         self.bootstrap_servers = bootstrap_servers
         self.unreachable = unreachable
         self.reason = reason or message
@@ -420,9 +418,7 @@ class _Loader:
     def positive_int(self, m: CommentedMap, key: str, where: str) -> int:
         value = m[key]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.error(
-                self.value_line(m, key), f"{where}{key} must be a positive integer, got {value!r}"
-            )
+            raise self.error(self.value_line(m, key), f"{where}{key} must be a positive integer, got {value!r}")
         return int(value)
 
     def mapping(self, m: CommentedMap, key: str, what: str) -> CommentedMap:
@@ -445,9 +441,7 @@ class _Loader:
         names: set[str] = set()
         for kind, body in _tokens(text):
             if kind == "stray":
-                raise self.error(
-                    line, f"{what}: unbalanced {body!r} in {text!r} (write {body * 2} for a literal)"
-                )
+                raise self.error(line, f"{what}: unbalanced {body!r} in {text!r} (write {body * 2} for a literal)")
             if kind != "expr":
                 continue
             try:
@@ -467,9 +461,7 @@ class _Loader:
                         if name == "sink"
                         else ("for_each: sink_retry_tier")
                     )
-                    raise self.error(
-                        line, f"{what}: template variable {{{name}}} is only available with {needs}"
-                    )
+                    raise self.error(line, f"{what}: template variable {{{name}}} is only available with {needs}")
                 # Inside an arithmetic expression only integer variables make sense.
                 if (len(used) > 1 or body.strip() != name) and name not in _INT_VARIABLES:
                     raise self.error(
@@ -493,9 +485,7 @@ class _Loader:
 
     # -- entries -------------------------------------------------------------------------------
 
-    def defaults(
-        self, data: CommentedMap
-    ) -> tuple[int | None, int | None, dict[str, _Template], dict[str, int]]:
+    def defaults(self, data: CommentedMap) -> tuple[int | None, int | None, dict[str, _Template], dict[str, int]]:
         partitions: int | None = None
         rf: int | None = None
         config: dict[str, _Template] = {}
@@ -600,8 +590,7 @@ class _Loader:
                 if not isinstance(target, str) or target not in entries:
                     raise self.error(
                         e.partitions_of_line,
-                        f"topic {role!r}: partitions_of names unknown role {target!r} "
-                        f"(roles: {', '.join(entries)})",
+                        f"topic {role!r}: partitions_of names unknown role {target!r} (roles: {', '.join(entries)})",
                     )
                 if target in chain or target == role:
                     cycle = " -> ".join((*chain, role, target))
@@ -620,8 +609,7 @@ class _Loader:
             else:
                 raise self.error(
                     e.line,
-                    f"topic {role!r} has no partition count: "
-                    "set partitions, partitions_of or defaults.partitions",
+                    f"topic {role!r} has no partition count: set partitions, partitions_of or defaults.partitions",
                 )
             resolved[role] = count
             return count
@@ -894,9 +882,7 @@ def diff_topics(
         if current is None:
             if peer_problem is not None:
                 changes.append(
-                    TopicChange(
-                        "drift", spec.name, f"not created: {peer_problem}", fixable=False, role=spec.role
-                    )
+                    TopicChange("drift", spec.name, f"not created: {peer_problem}", fixable=False, role=spec.role)
                 )
                 continue
             settings = " ".join(f"{k}={v}" for k, v in spec.config.items())
@@ -937,16 +923,12 @@ def diff_topics(
                 shown.append(f"{key} {have if have is not None else '(unset)'} -> {want}")
         if updates:
             changes.append(
-                TopicChange(
-                    "alter_config", spec.name, ", ".join(shown), fixable=True, role=spec.role, updates=updates
-                )
+                TopicChange("alter_config", spec.name, ", ".join(shown), fixable=True, role=spec.role, updates=updates)
             )
     return changes
 
 
-def _co_partition_problem(
-    catalog: TopicCatalog, spec: TopicSpec, live: Mapping[str, LiveTopic]
-) -> str | None:
+def _co_partition_problem(catalog: TopicCatalog, spec: TopicSpec, live: Mapping[str, LiveTopic]) -> str | None:
     """Why ``spec`` is not (or cannot be created) co-partitioned with its ``partitions_of`` peers live."""
     if spec.partitions_of is None:
         return None
@@ -1018,9 +1000,7 @@ class _Admin:
                 return await op()
         except (KafkaError, OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
-            raise TopicsBrokerError(
-                f"{what} failed on Kafka at {self.bootstrap}: {reason}", self.bootstrap
-            ) from exc
+            raise TopicsBrokerError(f"{what} failed on Kafka at {self.bootstrap}: {reason}", self.bootstrap) from exc
 
     async def metadata(self) -> dict[str, tuple[int, int]]:
         """``{topic: (partitions, replication_factor)}`` for every topic the cluster reports.
@@ -1043,9 +1023,7 @@ class _Admin:
         if not names:
             return {}
         resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
-        responses = await self.call(
-            "describing topic configs", lambda: self.client.describe_configs(resources)
-        )
+        responses = await self.call("describing topic configs", lambda: self.client.describe_configs(resources))
         out: dict[str, tuple[dict[str, str | None], dict[str, str]]] = {}
         for response in responses:
             for res in response.to_object()["resources"]:
@@ -1053,8 +1031,7 @@ class _Admin:
                 if res["error_code"] != 0:
                     err = for_code(res["error_code"])
                     raise TopicsBrokerError(
-                        f"describing configs of {name} failed: "
-                        f"{err.__name__}: {res.get('error_message') or ''}",
+                        f"describing configs of {name} failed: {err.__name__}: {res.get('error_message') or ''}",
                         self.bootstrap,
                     )
                 effective: dict[str, str | None] = {}
@@ -1087,9 +1064,7 @@ class _Admin:
         """Create ``specs``; returns the names that already existed (created concurrently)."""
         if not specs:
             return []
-        new = [
-            NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=dict(s.config)) for s in specs
-        ]
+        new = [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=dict(s.config)) for s in specs]
         response = await self.call(
             "creating topics",
             lambda: self.client.create_topics(new, timeout_ms=int(self.request_timeout_s * 1000)),

@@ -102,7 +102,9 @@ class WorkerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
-def run_cli(*args: str, env: Mapping[str, str], cwd: Path | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: Mapping[str, str], cwd: Path | None = None, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli.main", *args],
         env={**os.environ, **env},
@@ -124,7 +126,9 @@ class Record:
 
 
 async def produce(
-    bootstrap: str, topic: str, messages: list[tuple[int | None, bytes | None, bytes | None, list[tuple[str, bytes]]]]
+    bootstrap: str,
+    topic: str,
+    messages: list[tuple[int | None, bytes | None, bytes | None, list[tuple[str, bytes]]]],
 ) -> None:
     """Send (partition, key, value, headers) tuples with acks=all and wait for all of them."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024)
@@ -137,25 +141,6 @@ async def produce(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def topic_size(bootstrap: str, topic: str) -> int:
-    """Records currently in a topic (end offset - beginning offset over all partitions)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if not tps:
-            return 0
-        ends = await consumer.end_offsets(tps)
-        starts = await consumer.beginning_offsets(tps)
-        return sum(ends[tp] - starts[tp] for tp in tps)
-    finally:
-        await consumer.stop()
 
 
 async def read_topic(bootstrap: str, topic: str, timeout: float = 30) -> list[Record]:
@@ -199,29 +184,3 @@ async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
         return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
-
-
-async def group_lag(bootstrap: str, group: str, topic: str) -> int | None:
-    """Uncommitted records of `group` on `topic` (None while the group has committed nothing there)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        ends = await consumer.end_offsets(tps)
-        lag = 0
-        for tp in tps:
-            meta = committed.get(tp)
-            position = meta.offset if meta is not None and meta.offset >= 0 else 0
-            if ends[tp] > 0 and meta is None:
-                return None
-            lag += ends[tp] - position
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()

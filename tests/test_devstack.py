@@ -123,9 +123,7 @@ async def test_kafka_daemon_cycle(state_dir: Path) -> None:
     port = free_port()
     kafka_dir = str(state_dir / "kafka")
     try:
-        code, out = await asyncio.to_thread(
-            invoke, "kafka", "up", "--state-dir", kafka_dir, "--port", str(port)
-        )
+        code, out = await asyncio.to_thread(invoke, "kafka", "up", "--state-dir", kafka_dir, "--port", str(port))
         assert code == 0 and f"127.0.0.1:{port}" in out, out
 
         admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
@@ -135,9 +133,7 @@ async def test_kafka_daemon_cycle(state_dir: Path) -> None:
         finally:
             await admin.close()
 
-        code, out = await asyncio.to_thread(
-            invoke, "kafka", "up", "--state-dir", kafka_dir, "--port", str(port)
-        )
+        code, out = await asyncio.to_thread(invoke, "kafka", "up", "--state-dir", kafka_dir, "--port", str(port))
         assert code == 0 and "already running" in out, out
         code, out = await asyncio.to_thread(invoke, "kafka", "status", "--state-dir", kafka_dir)
         assert code == 0 and f"bootstrap 127.0.0.1:{port}" in out, out

@@ -193,9 +193,7 @@ BAD_FILES: list[tuple[str, str, str]] = [
     ("zero-partitions", _replace("  partitions: 6\n", "  partitions: 0  #<\n"), "positive integer"),
     (
         "negative-partitions",
-        _replace(
-            '{name: "{ingest_topic}.dlq", partitions: 1}', '{name: "{ingest_topic}.dlq", partitions: -1}  #<'
-        ),
+        _replace('{name: "{ingest_topic}.dlq", partitions: 1}', '{name: "{ingest_topic}.dlq", partitions: -1}  #<'),
         "positive integer",
     ),
     ("string-partitions", _replace("  partitions: 6\n", '  partitions: "6"  #<\n'), "positive integer"),
@@ -204,9 +202,7 @@ BAD_FILES: list[tuple[str, str, str]] = [
     ("zero-rf", _replace("  replication_factor: 1\n", "  replication_factor: 0  #<\n"), "replication_factor"),
     (
         "topic-rf-not-int",
-        _replace(
-            '  by_hash: {name: "{ingest_topic}.by-hash"}', '  by_hash: {name: "b", replication_factor: x}  #<'
-        ),
+        _replace('  by_hash: {name: "{ingest_topic}.by-hash"}', '  by_hash: {name: "b", replication_factor: x}  #<'),
         "replication_factor must be a positive integer",
     ),
     (
@@ -244,23 +240,17 @@ BAD_FILES: list[tuple[str, str, str]] = [
     ),
     (
         "unbalanced-brace",
-        _replace(
-            '  by_hash: {name: "{ingest_topic}.by-hash"}', '  by_hash: {name: "{ingest_topic.by-hash"}  #<'
-        ),
+        _replace('  by_hash: {name: "{ingest_topic}.by-hash"}', '  by_hash: {name: "{ingest_topic.by-hash"}  #<'),
         "unbalanced",
     ),
     (
         "per-sink-role-without-for-each",
-        _replace(
-            '  sink: {for_each: sink, name: "{prefix}sink.{sink}"}', '  sink: {name: "{prefix}sink"}  #<'
-        ),
+        _replace('  sink: {for_each: sink, name: "{prefix}sink.{sink}"}', '  sink: {name: "{prefix}sink"}  #<'),
         "needs 'for_each: sink'",
     ),
     (
         "for-each-on-single-role",
-        _replace(
-            '  by_hash: {name: "{ingest_topic}.by-hash"}', '  by_hash: {for_each: sink, name: "{sink}.h"}  #<'
-        ),
+        _replace('  by_hash: {name: "{ingest_topic}.by-hash"}', '  by_hash: {for_each: sink, name: "{sink}.h"}  #<'),
         "cannot have for_each",
     ),
     (
@@ -317,9 +307,7 @@ BAD_FILES: list[tuple[str, str, str]] = [
     ),
     (
         "non-integer-retention",
-        _replace(
-            "config: {cleanup.policy: delete, retention.ms: 604800000}", "config: {retention.ms: 7d}  #<"
-        ),
+        _replace("config: {cleanup.policy: delete, retention.ms: 604800000}", "config: {retention.ms: 7d}  #<"),
         "must be an integer",
     ),
     (
@@ -400,9 +388,7 @@ def test_bad_resolved_name_from_vars(tmp_path: Path) -> None:
 def test_duplicate_tier_labels_are_duplicate_names(tmp_path: Path) -> None:
     path = tmp_path / "topics.yaml"
     path.write_text(VALID)
-    with pytest.raises(
-        TopicsFileError, match=rf"^{path}:17: .*already used by topic 'sink_retry' \(line 17\)"
-    ):
+    with pytest.raises(TopicsFileError, match=rf"^{path}:17: .*already used by topic 'sink_retry' \(line 17\)"):
         load_topics(path, make_vars(sinks=(SinkTopicVars("s", ("1s", "1s")),)))
 
 
@@ -458,9 +444,7 @@ def test_diff_in_sync_and_list_order_insensitive() -> None:
     cat = load_topics(REPO_TOPICS, make_vars())
     live = _live_for(cat)
     changelog = cat.dedupe_changelog.name
-    live[changelog] = LiveTopic(
-        changelog, 6, 1, {**cat.dedupe_changelog.config, "cleanup.policy": "delete, compact"}
-    )
+    live[changelog] = LiveTopic(changelog, 6, 1, {**cat.dedupe_changelog.config, "cleanup.policy": "delete, compact"})
     assert diff_topics(cat, live) == []
     plan = TopicPlan([], checked=len(cat.specs))
     assert plan.render().startswith("no changes")
@@ -469,9 +453,7 @@ def test_diff_in_sync_and_list_order_insensitive() -> None:
 
 def test_diff_partition_drift_both_directions_is_unfixable() -> None:
     cat = load_topics(REPO_TOPICS, make_vars())
-    live = _live_for(
-        cat, ingest={"partitions": 3}, sink={"partitions": 12}, ingest_dlq={"replication_factor": 3}
-    )
+    live = _live_for(cat, ingest={"partitions": 3}, sink={"partitions": 12}, ingest_dlq={"replication_factor": 3})
     changes = diff_topics(cat, live)
     drift = {(c.topic, c.detail) for c in changes}
     assert (cat.ingest.name, "has 3 partitions, topics file declares 6") in drift
@@ -523,9 +505,7 @@ def test_diff_refuses_to_create_changelog_next_to_drifted_by_hash() -> None:
 
 
 def _fake_settings(monkeypatch: pytest.MonkeyPatch, vars: TopicVars, bootstrap: str) -> None:
-    kafka = types.SimpleNamespace(
-        bootstrap_servers=bootstrap, admin_kwargs=lambda: {"request_timeout_ms": 5000}
-    )
+    kafka = types.SimpleNamespace(bootstrap_servers=bootstrap, admin_kwargs=lambda: {"request_timeout_ms": 5000})
     settings = types.SimpleNamespace(topic_vars=lambda: vars, kafka=kafka, topics_file=None)
     module = types.ModuleType("pipeline.config")
     module.load_settings = lambda: settings  # type: ignore[attr-defined]
@@ -598,9 +578,7 @@ async def catalog(unique_vars: TopicVars, admin: AIOKafkaAdminClient) -> AsyncIt
         await admin.delete_topics(leftovers)
 
 
-async def live_state(
-    admin: AIOKafkaAdminClient, names: list[str]
-) -> dict[str, tuple[int, int, dict[str, str]]]:
+async def live_state(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, tuple[int, int, dict[str, str]]]:
     meta = {t["topic"]: t for t in await admin.describe_topics() if t["topic"] in names and t["partitions"]}
     out: dict[str, tuple[int, int, dict[str, str]]] = {}
     if not meta:
@@ -742,9 +720,7 @@ async def test_changelog_partition_mismatch_is_detected(
     assert result.has_unfixable_drift
     details = [c.detail for c in result.changes if c.topic == changelog and c.kind == "drift"]
     assert "has 2 partitions, topics file declares 3" in details
-    assert any(
-        f"has 2 partitions but {catalog.by_hash.name} (by_hash) is created with 3" in d for d in details
-    )
+    assert any(f"has 2 partitions but {catalog.by_hash.name} (by_hash) is created with 3" in d for d in details)
     again = await plan_topics(catalog, kafka_bootstrap)
     assert any(f"{catalog.by_hash.name} (by_hash) has 3 live" in c.detail for c in again.changes)
     live = await live_state(admin, [changelog, catalog.by_hash.name])

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from pipeline.devstack.kafka import DevstackError, kafka_down, kafka_up
 from pipeline.devstack.postgres import postgres_down, postgres_up
+from pipeline.observability.lag import topic_size
 
 console = Console(stderr=True)
 
@@ -73,7 +74,10 @@ def demo(
         log_path = workdir / "worker.log"
         with log_path.open("wb") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli.main", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "pipeline.cli.main", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         console.print(f"     worker pid {worker.pid}, log {log_path}")
 
@@ -84,12 +88,12 @@ def demo(
             f"[bold]4/5[/] publishing {events} events + {duplicates} duplicates + 3 malformed lines ({batch.name})"
         )
         dlq = DEMO_ENV["INGEST_TOPIC"] + ".dlq"
-        dlq_before = asyncio.run(_topic_size(kafka.bootstrap, dlq))
+        dlq_before = asyncio.run(topic_size(kafka.bootstrap, dlq))
         _run([sys.executable, "-m", "pipeline.cli.main", "publish", str(batch), "--no-validate"], env)
 
         console.print("[bold]5/5[/] waiting for the rows to land")
         rows = asyncio.run(_wait_rows(pg.dsn, run_id, events, timeout, worker))
-        dead = asyncio.run(_topic_size(kafka.bootstrap, dlq)) - dlq_before
+        dead = asyncio.run(topic_size(kafka.bootstrap, dlq)) - dlq_before
         _report(pg.dsn, run_id, events, duplicates, rows, dead, dlq)
     except DevstackError as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -149,7 +153,9 @@ async def _wait_rows(dsn: str, run_id: str, expected: int, timeout: float, worke
             conn = await asyncpg.connect(dsn)
             try:
                 if await conn.fetchval("SELECT to_regclass('demo_events')") is not None:
-                    rows = int(await conn.fetchval("SELECT count(*) FROM demo_events WHERE source = $1", f"demo-{run_id}"))
+                    rows = int(
+                        await conn.fetchval("SELECT count(*) FROM demo_events WHERE source = $1", f"demo-{run_id}")
+                    )
             finally:
                 await conn.close()
         except OSError:
@@ -158,20 +164,6 @@ async def _wait_rows(dsn: str, run_id: str, expected: int, timeout: float, worke
             return rows
         await asyncio.sleep(0.5)
     raise DevstackError(f"only {rows} of {expected} rows landed within {timeout:.0f}s; see the worker log")
-
-
-async def _topic_size(bootstrap: str, topic: str) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        ends = await consumer.end_offsets(tps) if tps else {}
-        return sum(ends.values())
-    finally:
-        await consumer.stop()
 
 
 def _report(dsn: str, run_id: str, events: int, duplicates: int, rows: int, dead: int, dlq: str) -> None:

@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import structlog
-import typer
 
 from pipeline.cli.common import EX_CONFIG, ConfigOption, fail, settings_or_exit
 from pipeline.config import ConfigError

@@ -255,9 +255,7 @@ def resolve_kafka_version(version: str | None = None) -> str:
     """
     resolved = (version or os.environ.get("KAFKA_VERSION") or DEFAULT_KAFKA_VERSION).strip()
     if not _VERSION_RE.match(resolved):
-        raise DevstackError(
-            f"Kafka version must look like X.Y.Z (e.g. {DEFAULT_KAFKA_VERSION}), got {resolved!r}"
-        )
+        raise DevstackError(f"Kafka version must look like X.Y.Z (e.g. {DEFAULT_KAFKA_VERSION}), got {resolved!r}")
     return resolved
 
 
@@ -277,8 +275,7 @@ def _pom(version: str) -> str:
     else:
         deps += [("org.slf4j", "slf4j-reload4j", "1.7.36"), ("ch.qos.reload4j", "reload4j", "1.2.25")]
     dep_xml = "\n".join(
-        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
-        f"<version>{v}</version></dependency>"
+        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
         for g, a, v in deps
     )
     return f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -585,9 +582,7 @@ class KafkaBroker:
         try:
             return int(proc.stdout.strip())
         except ValueError:
-            raise DevstackError(
-                f"could not launch Kafka: {proc.stderr.strip() or proc.stdout.strip()}"
-            ) from None
+            raise DevstackError(f"could not launch Kafka: {proc.stderr.strip() or proc.stdout.strip()}") from None
 
     def _format_storage(self, java: str, classpath: str, log_opt: str) -> None:
         if (self.data_dir / "meta.properties").is_file():
@@ -599,9 +594,7 @@ class KafkaBroker:
             id_file.write_text(cluster_id + "\n")
         cmd = [java, log_opt, "-cp", classpath, "kafka.tools.StorageTool", "format"]
         cmd += ["-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted"]
-        proc = subprocess.run(
-            cmd, cwd=self.state_dir, capture_output=True, text=True, stdin=subprocess.DEVNULL
-        )
+        proc = subprocess.run(cmd, cwd=self.state_dir, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             raise DevstackError(
                 f"formatting Kafka storage in {self.data_dir} failed (exit {proc.returncode}):\n"

@@ -352,8 +352,7 @@ class PostgresServer:
             pwfile.unlink(missing_ok=True)
         if proc.returncode != 0:
             raise DevstackError(
-                f"initdb failed (exit {proc.returncode}):\n"
-                + "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+                f"initdb failed (exit {proc.returncode}):\n" + "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
             )
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write("\n# Added by pipeline.devstack.postgres; rewritten on every start.\n")
@@ -387,8 +386,7 @@ class PostgresServer:
                 return
             if not self.is_running():
                 raise DevstackError(
-                    f"PostgreSQL exited during startup; last lines of {self.log_file}:\n"
-                    + log_tail(self.log_file)
+                    f"PostgreSQL exited during startup; last lines of {self.log_file}:\n" + log_tail(self.log_file)
                 )
             if time.monotonic() >= deadline:
                 raise DevstackError(

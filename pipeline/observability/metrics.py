@@ -7,18 +7,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-INGESTED = Counter(
-    "pipeline_ingest_events_total", "Events accepted from the ingest topic", registry=REGISTRY
-)
+INGESTED = Counter("pipeline_ingest_events_total", "Events accepted from the ingest topic", registry=REGISTRY)
 REJECTED = Counter(
     "pipeline_ingest_rejected_total",
     "Ingest messages sent to the ingest DLQ, by reason",
     ["reason"],
     registry=REGISTRY,
 )
-FORWARDED = Counter(
-    "pipeline_dedupe_forwarded_total", "Unique events fanned out to the sink topics", registry=REGISTRY
-)
+FORWARDED = Counter("pipeline_dedupe_forwarded_total", "Unique events fanned out to the sink topics", registry=REGISTRY)
 DUPLICATES = Counter(
     "pipeline_dedupe_duplicates_total", "Events dropped as duplicates within the window", registry=REGISTRY
 )
@@ -33,9 +29,7 @@ EXPIRED = Counter(
 SINK_WRITTEN = Counter(
     "pipeline_sink_events_written_total", "Events written to a sink (new rows)", ["sink"], registry=REGISTRY
 )
-SINK_ERRORS = Counter(
-    "mship_sink_error_total", "Failed sink writes", ["sink", "error"], registry=REGISTRY
-)
+SINK_ERRORS = Counter("mship_sink_error_total", "Failed sink writes", ["sink", "error"], registry=REGISTRY)
 SINK_TIMEOUTS = Counter("mship_sink_timeout_total", "Sink writes that timed out", ["sink"], registry=REGISTRY)
 SINK_WRITE_SECONDS = Histogram(
     "mship_sink_write_seconds",

@@ -8,9 +8,10 @@ from collections import defaultdict
 import pytest
 
 from pipeline import headers as h
+from pipeline.observability.lag import group_lag, topic_size
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import make_stream
-from tests.support import count_rows, fetch, group_lag, poll, produce, read_topic, run_cli, topic_size
+from tests.support import count_rows, fetch, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -40,7 +41,7 @@ async def wait_all_delivered(stack: Stack, expected_rows: int, timeout: float = 
 async def assert_exactly_once(stack: Stack) -> list[object]:
     """Rows: exactly the unique events. Sink topic: every hash forwarded from ONE ingest record
     (a redelivered record may be forwarded twice after a crash; a duplicate never is)."""
-    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    rows = await fetch(stack.dsn, f"SELECT (payload->>'n')::int AS n FROM \"{stack.table}\"")
     assert sorted(r["n"] for r in rows) == list(range(UNIQUE))
     records = await read_topic(stack.bootstrap, stack.sink_topic())
     origins: dict[bytes | None, set[tuple[bytes, bytes]]] = defaultdict(set)

@@ -8,9 +8,10 @@ import json
 import pytest
 
 from pipeline import headers as h
+from pipeline.observability.lag import group_lag
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
-from tests.support import count_rows, group_lag, poll, produce, read_topic, run_cli
+from tests.support import count_rows, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -19,11 +20,17 @@ LIMIT = 4096
 BAD: dict[str, tuple[bytes | None, str]] = {
     "not-json": (b"this is not json {", "invalid_json"),
     "truncated": (b'{"timestamp": "2026-11-22T10:00:00Z", "source": "a"', "invalid_json"),
-    "nan": (b'{"timestamp": "2026-11-22T10:00:00Z", "source": "a", "type": "t", "payload": NaN}', "invalid_json"),
+    "nan": (
+        b'{"timestamp": "2026-11-22T10:00:00Z", "source": "a", "type": "t", "payload": NaN}',
+        "invalid_json",
+    ),
     "array": (b"[1, 2, 3]", "schema"),
     "wrong-types": (b'{"timestamp": "yesterday", "source": 42, "type": ["t"], "labels": {"a": 1}}', "schema"),
     "missing-fields": (b'{"payload": {"x": 1}}', "schema"),
-    "unknown-field": (b'{"timestamp": "2026-11-22T10:00:00Z", "source": "a", "type": "t", "colour": 1}', "schema"),
+    "unknown-field": (
+        b'{"timestamp": "2026-11-22T10:00:00Z", "source": "a", "type": "t", "colour": 1}',
+        "schema",
+    ),
     "naive-time": (b'{"timestamp": "2026-11-22T10:00:00", "source": "a", "type": "t"}', "schema"),
     "empty": (b"", "empty"),
     "whitespace": (b"  \n ", "empty"),
@@ -32,7 +39,10 @@ BAD: dict[str, tuple[bytes | None, str]] = {
         json.dumps({**event(1), "payload": {"blob": "x" * (2 * LIMIT)}}).encode(),
         "too_large",
     ),
-    "latin-1": ('{"timestamp": "2026-11-22T10:00:00Z", "source": "Zürich", "type": "t"}'.encode("latin-1"), "invalid_utf8"),
+    "latin-1": (
+        '{"timestamp": "2026-11-22T10:00:00Z", "source": "Zürich", "type": "t"}'.encode("latin-1"),
+        "invalid_utf8",
+    ),
     "lone-surrogate": (
         b'{"timestamp": "2026-11-22T10:00:00Z", "source": "a", "type": "t", "payload": "\\ud800"}',
         "schema",
@@ -55,7 +65,9 @@ async def test_malformed_messages_go_to_the_ingest_dlq_with_reasons(stack: Stack
     stack.worker()
 
     async def progress() -> tuple[int, int | None]:
-        return await count_rows(stack.dsn, stack.table), await group_lag(stack.bootstrap, stack.app_id, stack.ingest_topic)
+        return await count_rows(stack.dsn, stack.table), await group_lag(
+            stack.bootstrap, stack.app_id, stack.ingest_topic
+        )
 
     await poll(progress, lambda v: v == (len(good), 0), timeout=120, what="good events delivered, ingest drained")
     dead = await read_topic(stack.bootstrap, f"{stack.ingest_topic}.dlq")

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, display_value, iter_effective, load_settings, load_settings_with_provenance
+from pipeline.config import (
+    ConfigError,
+    display_value,
+    iter_effective,
+    load_settings,
+    load_settings_with_provenance,
+)
 from tests.support import run_cli
 
 
@@ -79,7 +85,10 @@ def test_seed_env_names() -> None:
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, ["kafka.security_protocol", "KAFKA_SECURITY_PROTOCOL"]),
         ({"SINK_DEFAULT_MAX_RETRYS": "3"}, ["SINK_DEFAULT_MAX_RETRYS", "SINK_DEFAULT_MAX_RETRIES"]),
         ({"TSDB_TABLE": "events; drop table x"}, ["sinks.tsdb.table", "TSDB_TABLE"]),
-        ({"TSDB_MAX_BACKOFF_MS": "10", "TSDB_INITIAL_BACKOFF_MS": "100"}, ["sinks.tsdb.retry", "max_backoff_ms"]),
+        (
+            {"TSDB_MAX_BACKOFF_MS": "10", "TSDB_INITIAL_BACKOFF_MS": "100"},
+            ["sinks.tsdb.retry", "max_backoff_ms"],
+        ),
     ],
 )
 def test_invalid_values_name_the_setting(env: dict[str, str], names: list[str]) -> None:
@@ -104,7 +113,7 @@ def test_unknown_sink_name_in_file(tmp_path: Path) -> None:
 
 
 def test_unknown_sink_type_and_unknown_keys(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="archive.*unknown type 'mongo'"):
+    with pytest.raises(ConfigError, match=r"archive.*unknown type 'mongo'"):
         load_settings(write(tmp_path, "sinks:\n  archive:\n    type: mongo\n"), {})
     with pytest.raises(ConfigError, match=r"pipeline.yaml:3: unknown setting sinks.tsdb.retyr"):
         load_settings(write(tmp_path, "sinks:\n  tsdb:\n    retyr: {}\n"), {})
@@ -144,8 +153,14 @@ def test_secrets_are_masked_in_show() -> None:
 def test_config_show_cli_prints_sources_and_masks(tmp_path: Path) -> None:
     path = write(tmp_path, "ingest_topic: from.file\n")
     result = run_cli(
-        "config", "show", "--json",
-        env={"PIPELINE_CONFIG": str(path), "TSDB_DSN": "postgresql://u:topsecret@h/d", "TSDB_MAX_RETRIES": "2"},
+        "config",
+        "show",
+        "--json",
+        env={
+            "PIPELINE_CONFIG": str(path),
+            "TSDB_DSN": "postgresql://u:topsecret@h/d",
+            "TSDB_MAX_RETRIES": "2",
+        },
     )
     assert result.returncode == 0, result.stderr
     assert "topsecret" not in result.stdout
@@ -157,6 +172,8 @@ def test_config_show_cli_prints_sources_and_masks(tmp_path: Path) -> None:
 
 
 def test_worker_refuses_bad_config_with_the_setting_name() -> None:
-    result = run_cli("worker", env={"TSDB_MAX_RETRIES": "-1", "TSDB_DSN": "postgresql://u:p@h/d", "PIPELINE_CONFIG": ""})
+    result = run_cli(
+        "worker", env={"TSDB_MAX_RETRIES": "-1", "TSDB_DSN": "postgresql://u:p@h/d", "PIPELINE_CONFIG": ""}
+    )
     assert result.returncode == 78
     assert "TSDB_MAX_RETRIES" in result.stderr and "Traceback" not in result.stderr

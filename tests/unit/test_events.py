@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from pipeline.events import Rejection, key_hash, parse_event
 
-BASE = {"timestamp": "2026-11-22T10:00:00Z", "source": "s", "type": "t", "labels": {"a": "1"}, "payload": {"x": 1}}
+BASE = {
+    "timestamp": "2026-11-22T10:00:00Z",
+    "source": "s",
+    "type": "t",
+    "labels": {"a": "1"},
+    "payload": {"x": 1},
+}
 
 
 def test_hash_ignores_key_order_whitespace_and_time_zone_spelling() -> None:
@@ -17,11 +23,20 @@ def test_hash_ignores_key_order_whitespace_and_time_zone_spelling() -> None:
     reordered["timestamp"] = "2026-11-22T12:00:00+02:00"
     b = parse_event(json.dumps(reordered, indent=3).encode(), 10_000)
     assert a.event_hash == b.event_hash and a.body == b.body
-    assert b.body.startswith(b'{"labels":{"a":"1"},"payload":{"x":1},"source":"s","timestamp":"2026-11-22T10:00:00.000000Z"')
+    assert b.body.startswith(
+        b'{"labels":{"a":"1"},"payload":{"x":1},"source":"s","timestamp":"2026-11-22T10:00:00.000000Z"'
+    )
 
 
 @pytest.mark.parametrize(
-    "change", [{"payload": {"x": 2}}, {"source": "s2"}, {"labels": {}}, {"id": "e-1"}, {"timestamp": "2026-11-22T10:00:01Z"}]
+    "change",
+    [
+        {"payload": {"x": 2}},
+        {"source": "s2"},
+        {"labels": {}},
+        {"id": "e-1"},
+        {"timestamp": "2026-11-22T10:00:01Z"},
+    ],
 )
 def test_every_identity_field_counts(change: dict[str, object]) -> None:
     a = parse_event(json.dumps(BASE).encode(), 10_000)

@@ -13,7 +13,14 @@ from typing import Any
 import asyncpg
 import structlog
 
-from pipeline.sinks.base import FatalSinkError, RetryableSinkError, Sink, SinkRecord, SinkTimeout, SinkUnavailable
+from pipeline.sinks.base import (
+    FatalSinkError,
+    RetryableSinkError,
+    Sink,
+    SinkRecord,
+    SinkTimeout,
+    SinkUnavailable,
+)
 from pipeline.sinks.postgres.config import PostgresSinkSettings
 
 log = structlog.get_logger(__name__)
