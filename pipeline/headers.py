@@ -14,14 +14,21 @@ ORIGIN_TOPIC = "pipeline.origin.topic"
 ORIGIN_PARTITION = "pipeline.origin.partition"
 ORIGIN_OFFSET = "pipeline.origin.offset"
 
-# Set on dead-lettered events.
-ERROR_REASON = "pipeline.error.reason"  # a short code: invalid_json, schema, too_large, ...
-ERROR_MESSAGE = "pipeline.error.message"  # a human explanation (truncated)
-ERROR_CLASS = "pipeline.error.class"
-FAILED_AT = "pipeline.failed-at"  # RFC 3339 UTC
+# Set on events moved to a retry tier or a DLQ.
+ERROR_REASON = "pipeline.error.reason"  # a short code: invalid_json, schema, too_large, fatal, retries_exhausted
+ERROR_MESSAGE = "pipeline.error.message"  # the last error, human readable (truncated)
+ERROR_CLASS = "pipeline.error.class"  # the last error's class, e.g. SinkTimeout
+ERROR_TRACEBACK = "pipeline.error.traceback"  # DLQ only, truncated
+FAILED_AT = "pipeline.failed-at"  # RFC 3339 UTC, the latest failure
+FIRST_FAILED_AT = "pipeline.retry.first-failed-at"  # RFC 3339 UTC
+ATTEMPT = "pipeline.retry.attempt"  # failed delivery attempts so far (1 after the first failure)
+DUE_MS = "pipeline.retry.due-ms"  # epoch milliseconds at which the retry tier releases the event
 SINK = "pipeline.sink"
+FAILED_TOPIC = "pipeline.failed.topic"  # the record whose delivery failed (sink topic or retry tier)
+FAILED_PARTITION = "pipeline.failed.partition"
+FAILED_OFFSET = "pipeline.failed.offset"
 
-MAX_HEADER_VALUE = 2048
+MAX_HEADER_VALUE = 4096
 
 Headers = Sequence[tuple[str, bytes]]
 

@@ -3,7 +3,7 @@ name the concept; the pipeline's own stages use pipeline_*. The metrics issue ex
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -38,3 +38,9 @@ SINK_WRITE_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+SINK_RETRIES = Counter("mship_sink_retry_total", "Events moved to a retry tier", ["sink"], registry=REGISTRY)
+SINK_DLQ = Counter("mship_sink_dlq_total", "Events dead-lettered by a sink", ["sink", "reason"], registry=REGISTRY)
+CIRCUIT_STATE = Gauge(
+    "mship_sink_circuit_state", "Circuit breaker state (0=closed, 1=open, 2=half-open)", ["sink"], registry=REGISTRY
+)
+CIRCUIT_OPENS = Counter("mship_sink_circuit_open_total", "Times a sink's breaker opened", ["sink"], registry=REGISTRY)

@@ -13,4 +13,10 @@ def create_sink(settings: SinkSettings) -> Sink:
 
         assert isinstance(settings, PostgresSinkSettings)
         return PostgresSink(settings)
+    if settings.type == "http":
+        from pipeline.sinks.http.config import HttpSinkSettings
+        from pipeline.sinks.http.sink import HttpSink
+
+        assert isinstance(settings, HttpSinkSettings)
+        return HttpSink(settings)
     raise ValueError(f"sink {settings.name!r}: type {settings.type!r} has no implementation in this version")

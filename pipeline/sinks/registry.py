@@ -21,4 +21,4 @@ BUILTIN_SINKS: dict[str, tuple[str, bool]] = {
 }
 
 # Types whose delivery is implemented in this version of the worker.
-IMPLEMENTED_TYPES: frozenset[str] = frozenset({"postgres"})
+IMPLEMENTED_TYPES: frozenset[str] = frozenset({"postgres", "http"})

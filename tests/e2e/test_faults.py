@@ -1,0 +1,234 @@
+"""Zero loss under sink faults, on a real broker and a real PostgreSQL, with faults injected by a TCP
+proxy between the worker and the database (and a scripted HTTP sink for Retry-After)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from pipeline import headers as h
+from pipeline.config import load_settings
+from pipeline.observability.lag import group_lag, topic_size
+from pipeline.reliability.policies import tier_label
+from tests.e2e.conftest import Stack
+from tests.e2e.events_gen import event
+from tests.faults import FaultProxy
+from tests.http_sink_server import Script, http_sink_server
+from tests.support import count_rows, fetch, poll, produce, read_topic, run_cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+FAST = {
+    "TSDB_BATCH_SIZE": "100",
+    "TSDB_LINGER_MS": "50",
+    "TSDB_MAX_RETRIES": "5",
+    "TSDB_INITIAL_BACKOFF_MS": "200",
+    "TSDB_MAX_BACKOFF_MS": "1000",
+    "TSDB_JITTER_FACTOR": "0.2",
+    "TSDB_TIMEOUT_MS": "2000",
+    "TSDB_FAILURE_THRESHOLD": "3",
+    "TSDB_OPEN_DURATION_SEC": "2",
+    "TSDB_SUCCESS_THRESHOLD": "1",
+    "TSDB_HALF_OPEN_MAX_INFLIGHT": "1",
+}
+
+
+@pytest.fixture
+async def proxy(postgres_dsn: str) -> AsyncIterator[FaultProxy]:
+    parts = urlsplit(postgres_dsn)
+    p = await FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    yield p
+    await p.stop()
+
+
+def through(dsn: str, proxy: FaultProxy) -> str:
+    parts = urlsplit(dsn)
+    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
+
+
+def events(start: int, count: int, poison: set[int] = frozenset()) -> list[tuple[int | None, bytes | None, bytes, list[tuple[str, bytes]]]]:  # type: ignore[assignment]
+    out = []
+    for n in range(start, start + count):
+        body = event(n)
+        if n in poison:
+            body["payload"] = {"n": n, "note": "nul \u0000 byte"}  # valid JSON, rejected by PostgreSQL
+        out.append((None, str(n).encode(), json.dumps(body).encode(), []))
+    return out
+
+
+def tier_topics(stack: Stack, sink: str = "tsdb") -> list[str]:
+    settings = load_settings(environ=stack.env())
+    return [f"{stack.prefix}sink.{sink}.retry.{tier_label(d)}" for d in settings.sinks[sink].retry.tier_delays_ms()]
+
+
+async def drained(stack: Stack, sink: str = "tsdb") -> bool:
+    group = f"{stack.app_id}.deliver.{sink}"
+    for topic in [stack.sink_topic(sink), *tier_topics(stack, sink)]:
+        if await group_lag(stack.bootstrap, group, topic) not in (0,):
+            if await topic_size(stack.bootstrap, topic) == 0:
+                continue
+            return False
+    return True
+
+
+async def wait_delivered(stack: Stack, rows: int, timeout: float = 120) -> None:
+    async def probe() -> tuple[int, bool]:
+        return await count_rows(stack.dsn, stack.table), await drained(stack)
+
+    try:
+        await poll(probe, lambda v: v == (rows, True), timeout=timeout, interval=0.5, what=f"{rows} rows, drained")
+    except AssertionError:
+        for worker in stack.workers:
+            print(f"--- {worker.name} ---\n{worker.tail(60)}")
+        raise
+
+
+async def start(stack: Stack, **env: str) -> None:
+    stack.extra_env.update(env)
+    result = run_cli("topics", "apply", env=stack.env())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def transitions(stack: Stack) -> list[str]:
+    return [line["transition"] for w in stack.workers for line in w.logged("circuit breaker")]
+
+
+async def test_sink_down_twenty_seconds_then_back(stack: Stack, proxy: FaultProxy) -> None:
+    await start(stack, **FAST, TSDB_DSN=through(stack.dsn, proxy))
+    stack.worker()
+    await produce(stack.bootstrap, stack.ingest_topic, events(0, 1000))
+    await wait_delivered(stack, 1000)
+
+    proxy.set("down")
+    outage_started = time.monotonic()
+    await produce(stack.bootstrap, stack.ingest_topic, events(1000, 1000))
+    await poll(lambda: asyncio.sleep(0, transitions(stack)), lambda t: "closed->open" in t, timeout=30, what="open")
+    await asyncio.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))  # the outage itself lasts 20 s
+    assert await count_rows(stack.dsn, stack.table) == 1000, "nothing can land while the sink is down"
+    proxy.set("pass")
+
+    await wait_delivered(stack, 2000)
+    assert await topic_size(stack.bootstrap, stack.sink_topic() + ".dlq") == 0
+    seen = transitions(stack)
+    first_open = seen.index("closed->open")
+    assert "open->half_open" in seen[first_open:]
+    assert seen[-1] == "half_open->closed", seen
+    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    assert sorted(r["n"] for r in rows) == list(range(2000))
+
+
+async def test_flapping_sink_loses_and_duplicates_nothing(stack: Stack, proxy: FaultProxy) -> None:
+    await start(stack, **FAST, TSDB_MAX_RETRIES="15", TSDB_DSN=through(stack.dsn, proxy))
+    proxy.set("flap", reset_probability=0.3)
+    stack.worker()
+    await produce(stack.bootstrap, stack.ingest_topic, events(0, 2000))
+    await wait_delivered(stack, 2000, timeout=180)
+    assert proxy.resets >= 10, f"the proxy should have reset connections, reset {proxy.resets}"
+    assert await topic_size(stack.bootstrap, stack.sink_topic() + ".dlq") == 0
+    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    assert sorted(r["n"] for r in rows) == list(range(2000))
+
+
+async def test_one_percent_poison_goes_to_the_dlq_with_full_context(stack: Stack) -> None:
+    poison = set(range(7, 2000, 100))  # 20 events
+    await start(stack, **FAST)
+    stack.worker()
+    await produce(stack.bootstrap, stack.ingest_topic, events(0, 2000, poison))
+    await wait_delivered(stack, 2000 - len(poison))
+    dead = await read_topic(stack.bootstrap, stack.sink_topic() + ".dlq")
+    dead_ns = sorted(json.loads(r.value or b"{}")["payload"]["n"] for r in dead)
+    assert dead_ns == sorted(poison)
+    for record in dead:
+        hd = record.headers
+        assert hd[h.ERROR_REASON] == b"fatal"
+        assert hd[h.ERROR_CLASS] == b"FatalSinkError"
+        assert b"22" in hd[h.ERROR_MESSAGE]  # SQLSTATE class 22: data exception
+        assert hd[h.SINK] == b"tsdb" and hd[h.ATTEMPT] == b"1"
+        assert hd[h.EVENT_HASH] == record.key
+        assert hd[h.FAILED_TOPIC].decode() == stack.sink_topic()
+        assert int(hd[h.FAILED_OFFSET]) >= 0 and int(hd[h.FAILED_PARTITION]) >= 0
+        assert hd[h.ORIGIN_TOPIC].decode() == stack.ingest_topic
+        assert hd[h.FIRST_FAILED_AT] and hd[h.FAILED_AT]
+        assert b"Traceback" in hd[h.ERROR_TRACEBACK]
+    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    assert sorted(r["n"] for r in rows) == sorted(set(range(2000)) - poison)
+
+
+async def test_slow_sink_times_out_and_everything_is_retried(stack: Stack, proxy: FaultProxy) -> None:
+    await start(stack, **FAST, TSDB_TIMEOUT_MS="1000", TSDB_DSN=through(stack.dsn, proxy))
+    stack.worker()
+    await produce(stack.bootstrap, stack.ingest_topic, events(0, 200))
+    await wait_delivered(stack, 200)
+    proxy.set("slow", delay=2.5)
+    await produce(stack.bootstrap, stack.ingest_topic, events(200, 300))
+
+    def timeouts() -> int:
+        return sum(1 for w in stack.workers for line in w.log_lines() if line.get("error_class") == "SinkTimeout")
+
+    await poll(lambda: asyncio.sleep(0, timeouts()), lambda n: n >= 2, timeout=60, what="timeouts")
+    proxy.set("pass")
+    await wait_delivered(stack, 500)
+    assert await topic_size(stack.bootstrap, stack.sink_topic() + ".dlq") == 0
+
+
+async def test_http_429_retry_after_is_honoured(stack: Stack) -> None:
+    script = Script(responses=[(429, {"Retry-After": "2"})])
+    with http_sink_server(script) as url:
+        await start(
+            stack,
+            **{k.replace("TSDB_", "HTTP_"): v for k, v in FAST.items()},
+            TSDB_ENABLED="false",
+            HTTP_ENABLED="true",
+            HTTP_URL=url,
+            HTTP_FAILURE_THRESHOLD="10",
+        )
+        stack.worker()
+        await produce(stack.bootstrap, stack.ingest_topic, events(0, 150))
+
+        async def delivered() -> int:
+            return len(set(script.delivered_hashes()))
+
+        await poll(delivered, lambda n: n == 150, timeout=90, what="150 events at the HTTP sink")
+    first, second = script.received[0], script.received[1]
+    assert first.status == 429
+    assert second.at - first.at >= 2.0, f"next request {second.at - first.at:.2f}s after the 429"
+    assert await topic_size(stack.bootstrap, f"{stack.prefix}sink.http.dlq") == 0
+
+
+async def test_sigkill_while_events_wait_in_a_retry_tier_and_move_to_the_dlq(
+    stack: Stack, proxy: FaultProxy
+) -> None:
+    never_open = {"TSDB_FAILURE_THRESHOLD": "100000", "TSDB_MINIMUM_REQUESTS": "100000"}
+    slow_tiers = {"TSDB_INITIAL_BACKOFF_MS": "3000", "TSDB_MAX_BACKOFF_MS": "3000", "TSDB_MAX_RETRIES": "20"}
+    await start(stack, **FAST, **never_open, **slow_tiers, TSDB_DSN=through(stack.dsn, proxy))
+    tier = tier_topics(stack)[0]
+
+    # Phase 1: the sink goes down and the breaker never opens, so events pile up in the retry tier.
+    first = stack.worker("first")
+    await poll(lambda: asyncio.sleep(0, first.logged("delivery started")), bool, timeout=60, what="delivery")
+    proxy.set("down")
+    await produce(stack.bootstrap, stack.ingest_topic, events(0, 500))
+    await poll(lambda: topic_size(stack.bootstrap, tier), lambda n: n >= 500, timeout=60, what="events in a tier")
+    first.kill()
+
+    # Phase 2: the sink is back; 10% poison; kill while dead letters are being written.
+    proxy.set("pass")
+    poison = set(range(500, 1000, 10))
+    await produce(stack.bootstrap, stack.ingest_topic, events(500, 500, poison))
+    second = stack.worker("second")
+    dlq = stack.sink_topic() + ".dlq"
+    await poll(lambda: topic_size(stack.bootstrap, dlq), lambda n: n >= 5, timeout=90, interval=0.05, what="DLQ")
+    second.kill()
+
+    stack.worker("third")
+    await wait_delivered(stack, 1000 - len(poison), timeout=150)
+    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    assert sorted(r["n"] for r in rows) == sorted(set(range(1000)) - poison)
+    dead = await read_topic(stack.bootstrap, dlq)
+    assert {json.loads(r.value or b"{}")["payload"]["n"] for r in dead} == poison
