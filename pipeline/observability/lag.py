@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError, NotCoordinatorError
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -37,7 +38,10 @@ async def group_lag(bootstrap: str, group: str, topic: str, **client_kwargs: Any
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **client_kwargs)
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
+            return None  # the group's coordinator is not ready yet: nothing is known
         tps = await _partitions(consumer, topic)
         ends = await consumer.end_offsets(tps) if tps else {}
         lag = 0

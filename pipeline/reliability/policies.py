@@ -6,11 +6,40 @@ retry policy so that `topics.yaml` and the agents agree on the tiers without a s
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BackoffStrategy = Literal["exponential", "linear", "fixed", "fibonacci"]
+
+# Retryable HTTP statuses: exact codes ("429") or whole classes ("5xx"). Request Timeout, Too Early, Too Many
+# Requests and every server error are worth retrying; other 4xx are the request's fault (seed 001: "No retry on
+# permanent errors (4xx except 429)").
+DEFAULT_RETRYABLE_STATUS: tuple[str, ...] = ("408", "425", "429", "5xx")
+# Retryable SQLSTATE prefixes: 08 connection exception, 40 transaction rollback (serialization failure,
+# deadlock), 53 insufficient resources, 57 operator intervention (admin shutdown, cannot connect now),
+# 58 system error (I/O). Data errors (22, 23, 42...) are the event's fault and go to the DLQ.
+DEFAULT_RETRYABLE_SQLSTATES: tuple[str, ...] = ("08", "40", "53", "57", "58")
+
+_STATUS_ENTRY = re.compile(r"^(?:[1-5][0-9]{2}|[1-5]xx)$")
+_SQLSTATE_ENTRY = re.compile(r"^[0-9A-Z]{2,5}$")
+
+
+def _entries(value: Any, setting: str) -> Any:
+    """A list from a comma-separated string (env vars: "408,429,5xx"); lists pass through, items as str."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else list(value)
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, str | int):
+                raise ValueError(f"{setting}: entry {item!r} must be a string or an integer")
+            out.append(str(item).strip())
+        return out
+    return value
 
 
 class RetryPolicy(BaseModel):
@@ -24,6 +53,45 @@ class RetryPolicy(BaseModel):
     jitter_factor: float = Field(0.1, ge=0.0, le=1.0, description="random share added to each delay")
     timeout_ms: int = Field(30_000, gt=0, description="time limit of one write to the sink")
     backoff_strategy: BackoffStrategy = "exponential"
+    backoff_multiplier: float = Field(
+        2.0, ge=1.0, le=10.0, description="growth factor of exponential backoff (seed 003's exponential_base)"
+    )
+    retryable_status: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_RETRYABLE_STATUS),
+        description='HTTP statuses worth retrying: exact codes ("429") or classes ("5xx"); env: "408,429,5xx"',
+    )
+    retryable_sqlstates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_RETRYABLE_SQLSTATES),
+        description='SQLSTATE prefixes worth retrying ("08" = any connection exception, "40001" exactly)',
+    )
+
+    @field_validator("retryable_status", mode="before")
+    @classmethod
+    def _parse_status(cls, value: Any) -> Any:
+        entries = _entries(value, "retryable_status")
+        if isinstance(entries, list):
+            entries = [str(e).lower() for e in entries]
+            for entry in entries:
+                if not _STATUS_ENTRY.match(entry):
+                    raise ValueError(
+                        f"retryable_status: bad entry {entry!r}: use an HTTP status code (100-599, e.g. 429) "
+                        'or a status class ("4xx", "5xx")'
+                    )
+        return entries
+
+    @field_validator("retryable_sqlstates", mode="before")
+    @classmethod
+    def _parse_sqlstates(cls, value: Any) -> Any:
+        entries = _entries(value, "retryable_sqlstates")
+        if isinstance(entries, list):
+            entries = [str(e).upper() for e in entries]
+            for entry in entries:
+                if not _SQLSTATE_ENTRY.match(entry):
+                    raise ValueError(
+                        f"retryable_sqlstates: bad entry {entry!r}: use a SQLSTATE class (2 characters, e.g. 08) "
+                        "or a longer prefix up to a full 5-character code (e.g. 40001), letters and digits only"
+                    )
+        return entries
 
     @model_validator(mode="after")
     def _ceiling_not_below_start(self) -> RetryPolicy:
@@ -34,10 +102,21 @@ class RetryPolicy(BaseModel):
         return self
 
     def base_delay_ms(self, attempt: int) -> int:
-        """Delay before retry number `attempt` (0-based), before jitter, capped at max_backoff_ms."""
+        """Delay before retry number `attempt` (0-based), before jitter, capped at max_backoff_ms.
+
+        Exponential: initial * backoff_multiplier**attempt (the default multiplier 2.0 gives the seeds'
+        initial * 2^attempt). The result is always within [initial_backoff_ms, max_backoff_ms] and never
+        decreases as `attempt` grows."""
+        attempt = max(attempt, 0)
         initial = self.initial_backoff_ms
+        raw: float
         if self.backoff_strategy == "exponential":
-            raw = initial * (2**attempt)
+            multiplier = self.backoff_multiplier
+            # Past the attempt that reaches the ceiling the power only grows (and may overflow a float).
+            if multiplier > 1.0 and attempt > math.log(self.max_backoff_ms / initial) / math.log(multiplier) + 1:
+                return self.max_backoff_ms
+            # An integral multiplier keeps exact integer arithmetic (2.0 gives the same delays as before).
+            raw = initial * int(multiplier) ** attempt if multiplier.is_integer() else initial * multiplier**attempt
         elif self.backoff_strategy == "linear":
             raw = initial * (attempt + 1)
         elif self.backoff_strategy == "fixed":
@@ -45,9 +124,22 @@ class RetryPolicy(BaseModel):
         else:
             a, b = 1, 1
             for _ in range(attempt):
+                if initial * a >= self.max_backoff_ms:
+                    break
                 a, b = b, a + b
             raw = initial * a
-        return int(min(raw, self.max_backoff_ms))
+        return int(min(max(raw, initial), self.max_backoff_ms))
+
+    def is_retryable_status(self, code: int) -> bool:
+        """Whether an HTTP response status is worth retrying (exact code or its "Nxx" class is listed)."""
+        exact = str(code)
+        klass = f"{exact[0]}xx" if len(exact) == 3 else None
+        return any(entry in (exact, klass) for entry in self.retryable_status)
+
+    def is_retryable_sqlstate(self, sqlstate: str) -> bool:
+        """Whether a PostgreSQL SQLSTATE starts with one of the retryable prefixes (case-insensitive)."""
+        code = (sqlstate or "").strip().upper()
+        return bool(code) and any(code.startswith(prefix) for prefix in self.retryable_sqlstates)
 
     def tier_delays_ms(self) -> tuple[int, ...]:
         """One retry tier per retry attempt, each with its base delay (tiers with equal delays merge)."""

@@ -89,7 +89,9 @@ async def wait_delivered(stack: Stack, rows: int, timeout: float = 120) -> None:
         raise
 
 
-async def start(stack: Stack, **env: str) -> None:
+async def start(stack: Stack, *layers: dict[str, str], **env: str) -> None:
+    for layer in layers:
+        stack.extra_env.update(layer)
     stack.extra_env.update(env)
     result = run_cli("topics", "apply", env=stack.env())
     assert result.returncode == 0, result.stdout + result.stderr
@@ -100,7 +102,7 @@ def transitions(stack: Stack) -> list[str]:
 
 
 async def test_sink_down_twenty_seconds_then_back(stack: Stack, proxy: FaultProxy) -> None:
-    await start(stack, **FAST, TSDB_DSN=through(stack.dsn, proxy))
+    await start(stack, FAST, TSDB_DSN=through(stack.dsn, proxy))
     stack.worker()
     await produce(stack.bootstrap, stack.ingest_topic, events(0, 1000))
     await wait_delivered(stack, 1000)
@@ -124,7 +126,7 @@ async def test_sink_down_twenty_seconds_then_back(stack: Stack, proxy: FaultProx
 
 
 async def test_flapping_sink_loses_and_duplicates_nothing(stack: Stack, proxy: FaultProxy) -> None:
-    await start(stack, **FAST, TSDB_MAX_RETRIES="15", TSDB_DSN=through(stack.dsn, proxy))
+    await start(stack, FAST, TSDB_MAX_RETRIES="15", TSDB_DSN=through(stack.dsn, proxy))
     proxy.set("flap", reset_probability=0.3)
     stack.worker()
     await produce(stack.bootstrap, stack.ingest_topic, events(0, 2000))
@@ -137,7 +139,7 @@ async def test_flapping_sink_loses_and_duplicates_nothing(stack: Stack, proxy: F
 
 async def test_one_percent_poison_goes_to_the_dlq_with_full_context(stack: Stack) -> None:
     poison = set(range(7, 2000, 100))  # 20 events
-    await start(stack, **FAST)
+    await start(stack, FAST)
     stack.worker()
     await produce(stack.bootstrap, stack.ingest_topic, events(0, 2000, poison))
     await wait_delivered(stack, 2000 - len(poison))
@@ -161,7 +163,7 @@ async def test_one_percent_poison_goes_to_the_dlq_with_full_context(stack: Stack
 
 
 async def test_slow_sink_times_out_and_everything_is_retried(stack: Stack, proxy: FaultProxy) -> None:
-    await start(stack, **FAST, TSDB_TIMEOUT_MS="1000", TSDB_DSN=through(stack.dsn, proxy))
+    await start(stack, FAST, TSDB_TIMEOUT_MS="1000", TSDB_DSN=through(stack.dsn, proxy))
     stack.worker()
     await produce(stack.bootstrap, stack.ingest_topic, events(0, 200))
     await wait_delivered(stack, 200)
@@ -180,14 +182,9 @@ async def test_slow_sink_times_out_and_everything_is_retried(stack: Stack, proxy
 async def test_http_429_retry_after_is_honoured(stack: Stack) -> None:
     script = Script(responses=[(429, {"Retry-After": "2"})])
     with http_sink_server(script) as url:
-        await start(
-            stack,
-            **{k.replace("TSDB_", "HTTP_"): v for k, v in FAST.items()},
-            TSDB_ENABLED="false",
-            HTTP_ENABLED="true",
-            HTTP_URL=url,
-            HTTP_FAILURE_THRESHOLD="10",
-        )
+        env = {k.replace("TSDB_", "HTTP_"): v for k, v in FAST.items()}
+        env.update(TSDB_ENABLED="false", HTTP_ENABLED="true", HTTP_URL=url, HTTP_BATCH_SIZE="50")
+        await start(stack, env)
         stack.worker()
         await produce(stack.bootstrap, stack.ingest_topic, events(0, 150))
 
@@ -206,7 +203,7 @@ async def test_sigkill_while_events_wait_in_a_retry_tier_and_move_to_the_dlq(
 ) -> None:
     never_open = {"TSDB_FAILURE_THRESHOLD": "100000", "TSDB_MINIMUM_REQUESTS": "100000"}
     slow_tiers = {"TSDB_INITIAL_BACKOFF_MS": "3000", "TSDB_MAX_BACKOFF_MS": "3000", "TSDB_MAX_RETRIES": "20"}
-    await start(stack, **FAST, **never_open, **slow_tiers, TSDB_DSN=through(stack.dsn, proxy))
+    await start(stack, FAST, never_open, slow_tiers, TSDB_DSN=through(stack.dsn, proxy))
     tier = tier_topics(stack)[0]
 
     # Phase 1: the sink goes down and the breaker never opens, so events pile up in the retry tier.
