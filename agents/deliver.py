@@ -35,7 +35,7 @@ class DeliveryService(Service):
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.breakers: dict[str, CircuitBreaker] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._runner_tasks: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
 
     async def on_start(self) -> None:
@@ -66,7 +66,9 @@ class DeliveryService(Service):
                 producer=self._producer,
                 breaker=breaker,
             )
-            self._tasks.append(asyncio.create_task(self._supervise(runner), name=f"deliver-{sink_settings.name}"))
+            self._runner_tasks.append(
+                asyncio.create_task(self._supervise(runner), name=f"deliver-{sink_settings.name}")
+            )
 
     async def _supervise(self, runner: SinkRunner) -> None:
         """A runner that dies (it should not) is restarted; its uncommitted events are redelivered."""
@@ -80,9 +82,9 @@ class DeliveryService(Service):
                 await asyncio.sleep(1.0)
 
     async def on_stop(self) -> None:
-        for task in self._tasks:
+        for task in self._runner_tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in self._runner_tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._producer is not None:

@@ -27,6 +27,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
+from pipeline.reliability.presets import preset_layer
 from pipeline.sinks.registry import BUILTIN_SINKS, IMPLEMENTED_TYPES, SINK_TYPES
 from pipeline.sinks.settings import SinkSettings
 from pipeline.topics import SinkTopicVars, TopicVars
@@ -93,6 +94,7 @@ class Settings(BaseSettings):
     topics_auto_apply: bool = True
     max_event_bytes: int = Field(1_048_576, ge=64, le=64 * 1_048_576)
     idempotency_window_sec: int = Field(86_400, ge=1)
+    deployment_profile: str | None = Field(None, description="satcom | at-sea | remote-edge | multi-cloud")
     ingest_batch_size: int = Field(500, ge=1, le=10_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -189,6 +191,7 @@ _GLOBAL_ENV: dict[str, str] = {
     "topics_auto_apply": "TOPICS_AUTO_APPLY",
     "max_event_bytes": "INGEST_MAX_EVENT_BYTES",
     "idempotency_window_sec": "IDEMPOTENCY_WINDOW_SEC",
+    "deployment_profile": "DEPLOYMENT_PROFILE",
     "ingest_batch_size": "INGEST_BATCH_SIZE",
     "log_level": "LOG_LEVEL",
     "log_format": "LOG_FORMAT",
@@ -277,7 +280,14 @@ def load_settings_with_provenance(
                 )
 
     _check_default_env_names(env)
-    raw["sinks"] = _load_sinks(path, file_data, file_lines, env, prov)
+    profile = raw.get("deployment_profile") or None
+    try:
+        preset_layer(None, profile)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid setting deployment_profile (from {prov.source_of('deployment_profile')}): {exc}"
+        ) from None
+    raw["sinks"] = _load_sinks(path, file_data, file_lines, env, prov, profile)
 
     try:
         settings = Settings(**raw)
@@ -292,6 +302,7 @@ def _load_sinks(
     file_lines: Mapping[tuple[str, ...], int],
     env: Mapping[str, str],
     prov: Provenance,
+    profile: str | None = None,
 ) -> dict[str, SinkSettings]:
     file_sinks = file_data.get("sinks") or {}
     file_defaults = file_data.get("sink_defaults") or {}
@@ -330,6 +341,7 @@ def _load_sinks(
                     f"{_where(path, file_lines, ('sinks', name, key))}: unknown setting sinks.{name}.{key}"
                     f"{_suggest(str(key), allowed)}"
                 )
+        layers = _named_layers(name, prefix, body, file_defaults, env, profile, path, file_lines)
         for leaf in sink_leaves(model):
             dotted = ".".join(("sinks", name, *leaf.path))
             candidates: list[tuple[str, Any, str]] = []
@@ -345,6 +357,10 @@ def _load_sinks(
             found, value = _get(file_defaults, leaf.path) if leaf.defaultable else (False, None)
             if found:
                 candidates.append((_where(path, file_lines, ("sink_defaults", *leaf.path)), value, "file"))
+            for source, layer in layers:
+                found, value = _get(layer, leaf.path)
+                if found:
+                    candidates.append((source, value, "layer"))
             if candidates:
                 source, value, kind = candidates[0]
                 _put(raw, leaf.path, value)
@@ -356,6 +372,31 @@ def _load_sinks(
         except ValidationError as exc:
             raise ConfigError(_describe(exc, prov, loc_prefix=("sinks", name))) from None
     return sinks
+
+
+def _named_layers(
+    name: str,
+    prefix: str,
+    body: Mapping[str, Any],
+    file_defaults: Mapping[str, Any],
+    env: Mapping[str, str],
+    profile: str | None,
+    path: Path | None,
+    file_lines: Mapping[tuple[str, ...], int],
+) -> list[tuple[str, dict[str, dict[str, object]]]]:
+    """Values from the sink's retry preset and the deployment profile: below file and env, above the
+    built-in defaults (a preset wins over the profile for the retry settings)."""
+    preset = env.get(f"{prefix}_RETRY_PRESET") or env.get("SINK_DEFAULT_RETRY_PRESET")
+    preset = preset or body.get("retry_preset") or file_defaults.get("retry_preset")
+    layers: list[tuple[str, dict[str, dict[str, object]]]] = []
+    try:
+        if preset:
+            layers.append((f"preset {preset}", preset_layer(str(preset), None)))
+        if profile:
+            layers.append((f"profile {profile}", preset_layer(None, profile)))
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting sinks.{name}.retry_preset ({prefix}_RETRY_PRESET): {exc}") from None
+    return layers
 
 
 def _default_env_names(leaf: SinkLeaf) -> list[str]:

@@ -59,8 +59,12 @@ class FaultProxy:
             return
         pair = (client_w, up_w)
         self._conns.add(pair)
+        # Flapping: about `reset_probability` of the connections die early, the rest a little later,
+        # so the link keeps failing for as long as the mode lasts.
+        doomed = self.rng.random() < self.reset_probability
+        budget = [self.rng.randint(1, 8) if doomed else self.rng.randint(8, 40)]
         try:
-            await asyncio.gather(self._pump(client_r, up_w, pair), self._pump(up_r, client_w, pair))
+            await asyncio.gather(self._pump(client_r, up_w, pair, budget), self._pump(up_r, client_w, pair, budget))
         finally:
             self._conns.discard(pair)
             for writer in pair:
@@ -68,7 +72,11 @@ class FaultProxy:
                     writer.close()
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pair: tuple[asyncio.StreamWriter, ...]
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, ...],
+        budget: list[int],
     ) -> None:
         try:
             while True:
@@ -77,9 +85,11 @@ class FaultProxy:
                     break
                 if self.mode == "down":
                     raise ConnectionResetError
-                if self.mode == "flap" and self.rng.random() < self.reset_probability:
-                    self.resets += 1
-                    raise ConnectionResetError
+                if self.mode == "flap":
+                    budget[0] -= 1
+                    if budget[0] < 0:
+                        self.resets += 1
+                        raise ConnectionResetError
                 if self.mode == "slow" and self.delay:
                     await asyncio.sleep(self.delay)
                 writer.write(data)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pipeline import headers as h
+from pipeline.reliability.backoff import jittered_ms
 from pipeline.reliability.policies import RetryPolicy
 
 TRACEBACK_LIMIT = 4000
@@ -66,8 +67,7 @@ def route_failure(
     if failed > policy.max_retries:
         return Route("dlq", reason="retries_exhausted")
     tier = tier_index(policy, failed)
-    base = policy.tier_delays_ms()[tier]
-    delay = base + base * policy.jitter_factor * (rng or random).random()
+    delay: float = jittered_ms(policy.tier_delays_ms()[tier], policy.jitter_factor, rng)
     if retry_after_s is not None:
         delay = max(delay, retry_after_s * 1000)
     return Route("retry", tier=tier, due_ms=now_ms + int(delay))

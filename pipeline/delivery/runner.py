@@ -253,7 +253,7 @@ class SinkRunner:
         started = time.monotonic()
         try:
             written = await asyncio.wait_for(self.sink.write(records), self.settings.retry.timeout_ms / 1000)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             self._fail(items, SinkTimeout(f"write of {len(items)} events took longer than timeout_ms"), outcome)
             return
         except FatalSinkError as exc:
@@ -314,7 +314,9 @@ class SinkRunner:
                 route=route,
                 now=now,
             )
-            futures.append(await self.producer.send(topic, value=item.record.value, key=item.record.key, headers=headers))
+            futures.append(
+                await self.producer.send(topic, value=item.record.value, key=item.record.key, headers=headers)
+            )
             label = _route_label(route)
             counts[label] = counts.get(label, 0) + 1
             if route.kind == "retry":
@@ -426,4 +428,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         by_topic: dict[str, list[int]] = {}
         for tp in assigned:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
-        log.info("delivery partitions assigned", sink=self.runner.name, assigned={t: sorted(p) for t, p in by_topic.items()})
+        log.info(
+            "delivery partitions assigned", sink=self.runner.name, assigned={t: sorted(p) for t, p in by_topic.items()}
+        )

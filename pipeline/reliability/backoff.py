@@ -8,7 +8,9 @@ import random
 from pipeline.reliability.policies import RetryPolicy
 
 
+def jittered_ms(base_ms: int, jitter_factor: float, rng: random.Random | None = None) -> int:
+    return int(base_ms + base_ms * jitter_factor * (rng or random).random())
+
+
 def delay_seconds(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
-    base = policy.base_delay_ms(attempt)
-    jitter = base * policy.jitter_factor * (rng or random).random()
-    return (base + jitter) / 1000.0
+    return jittered_ms(policy.base_delay_ms(attempt), policy.jitter_factor, rng) / 1000.0

@@ -15,6 +15,7 @@ class SinkSettings(BaseModel):
     enabled: bool = False
     batch_size: int = Field(500, ge=1, le=100_000, description="events per write")
     linger_ms: int = Field(200, ge=0, description="how long a partial batch waits for more events")
+    retry_preset: str | None = Field(None, description="conservative | aggressive | patient")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     circuit_breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
     queue: QueuePolicy = Field(default_factory=QueuePolicy)

@@ -52,7 +52,9 @@ def through(dsn: str, proxy: FaultProxy) -> str:
     return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
 
 
-def events(start: int, count: int, poison: set[int] = frozenset()) -> list[tuple[int | None, bytes | None, bytes, list[tuple[str, bytes]]]]:  # type: ignore[assignment]
+def events(
+    start: int, count: int, poison: set[int] = frozenset()
+) -> list[tuple[int | None, bytes | None, bytes, list[tuple[str, bytes]]]]:  # type: ignore[assignment]
     out = []
     for n in range(start, start + count):
         body = event(n)
@@ -121,19 +123,21 @@ async def test_sink_down_twenty_seconds_then_back(stack: Stack, proxy: FaultProx
     first_open = seen.index("closed->open")
     assert "open->half_open" in seen[first_open:]
     assert seen[-1] == "half_open->closed", seen
-    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    rows = await fetch(stack.dsn, f"SELECT (payload->>'n')::int AS n FROM \"{stack.table}\"")
     assert sorted(r["n"] for r in rows) == list(range(2000))
 
 
 async def test_flapping_sink_loses_and_duplicates_nothing(stack: Stack, proxy: FaultProxy) -> None:
-    await start(stack, FAST, TSDB_MAX_RETRIES="15", TSDB_DSN=through(stack.dsn, proxy))
-    proxy.set("flap", reset_probability=0.3)
+    await start(stack, FAST, TSDB_MAX_RETRIES="15", TSDB_BATCH_SIZE="50", TSDB_DSN=through(stack.dsn, proxy))
+    proxy.set("flap", reset_probability=0.5)
     stack.worker()
     await produce(stack.bootstrap, stack.ingest_topic, events(0, 2000))
     await wait_delivered(stack, 2000, timeout=180)
     assert proxy.resets >= 10, f"the proxy should have reset connections, reset {proxy.resets}"
+    failed = [line for w in stack.workers for line in w.logged("delivery failed")]
+    assert failed, "writes should have failed and been retried"
     assert await topic_size(stack.bootstrap, stack.sink_topic() + ".dlq") == 0
-    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    rows = await fetch(stack.dsn, f"SELECT (payload->>'n')::int AS n FROM \"{stack.table}\"")
     assert sorted(r["n"] for r in rows) == list(range(2000))
 
 
@@ -158,7 +162,7 @@ async def test_one_percent_poison_goes_to_the_dlq_with_full_context(stack: Stack
         assert hd[h.ORIGIN_TOPIC].decode() == stack.ingest_topic
         assert hd[h.FIRST_FAILED_AT] and hd[h.FAILED_AT]
         assert b"Traceback" in hd[h.ERROR_TRACEBACK]
-    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    rows = await fetch(stack.dsn, f"SELECT (payload->>'n')::int AS n FROM \"{stack.table}\"")
     assert sorted(r["n"] for r in rows) == sorted(set(range(2000)) - poison)
 
 
@@ -198,9 +202,7 @@ async def test_http_429_retry_after_is_honoured(stack: Stack) -> None:
     assert await topic_size(stack.bootstrap, f"{stack.prefix}sink.http.dlq") == 0
 
 
-async def test_sigkill_while_events_wait_in_a_retry_tier_and_move_to_the_dlq(
-    stack: Stack, proxy: FaultProxy
-) -> None:
+async def test_sigkill_while_events_wait_in_a_retry_tier_and_move_to_the_dlq(stack: Stack, proxy: FaultProxy) -> None:
     never_open = {"TSDB_FAILURE_THRESHOLD": "100000", "TSDB_MINIMUM_REQUESTS": "100000"}
     slow_tiers = {"TSDB_INITIAL_BACKOFF_MS": "3000", "TSDB_MAX_BACKOFF_MS": "3000", "TSDB_MAX_RETRIES": "20"}
     await start(stack, FAST, never_open, slow_tiers, TSDB_DSN=through(stack.dsn, proxy))
@@ -225,7 +227,7 @@ async def test_sigkill_while_events_wait_in_a_retry_tier_and_move_to_the_dlq(
 
     stack.worker("third")
     await wait_delivered(stack, 1000 - len(poison), timeout=150)
-    rows = await fetch(stack.dsn, f'SELECT (payload->>\'n\')::int AS n FROM "{stack.table}"')
+    rows = await fetch(stack.dsn, f"SELECT (payload->>'n')::int AS n FROM \"{stack.table}\"")
     assert sorted(r["n"] for r in rows) == sorted(set(range(1000)) - poison)
     dead = await read_topic(stack.bootstrap, dlq)
     assert {json.loads(r.value or b"{}")["payload"]["n"] for r in dead} == poison

@@ -177,3 +177,26 @@ def test_worker_refuses_bad_config_with_the_setting_name() -> None:
     )
     assert result.returncode == 78
     assert "TSDB_MAX_RETRIES" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_deployment_profile_and_retry_preset_sit_below_file_and_env(tmp_path: Path) -> None:
+    path = write(tmp_path, "sinks:\n  tsdb:\n    circuit_breaker: {open_duration_sec: 42}\n")
+    env = {"DEPLOYMENT_PROFILE": "satcom", "TSDB_RETRY_PRESET": "patient", "TSDB_MAX_RETRIES": "9"}
+    settings, prov = load_settings_with_provenance(path, env)
+    tsdb = settings.sinks["tsdb"]
+    assert tsdb.retry.max_retries == 9  # env beats the preset
+    assert (
+        tsdb.retry.backoff_multiplier == 2.5
+        and prov.source_of("sinks.tsdb.retry.backoff_multiplier") == "preset patient"
+    )
+    assert tsdb.retry.timeout_ms == 300_000 and prov.source_of("sinks.tsdb.retry.timeout_ms") == "profile satcom"
+    assert tsdb.circuit_breaker.open_duration_sec == 42  # the file beats the profile
+    assert tsdb.circuit_breaker.failure_threshold == 3  # from the profile
+    assert settings.sinks["loki"].retry.backoff_multiplier == 2.0  # the preset was for tsdb only
+
+
+def test_unknown_profile_or_preset_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"deployment_profile.*DEPLOYMENT_PROFILE"):
+        load_settings(environ={"DEPLOYMENT_PROFILE": "moon"})
+    with pytest.raises(ConfigError, match="TSDB_RETRY_PRESET"):
+        load_settings(environ={"TSDB_RETRY_PRESET": "reckless"})

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from pipeline.reliability.policies import RetryPolicy
 from pipeline.sinks.base import (
     FatalSinkError,
     RetryableSinkError,
@@ -24,10 +25,6 @@ from pipeline.sinks.base import (
 from pipeline.sinks.postgres.config import PostgresSinkSettings
 
 log = structlog.get_logger(__name__)
-
-# SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention (e.g. admin shutdown),
-# 40 transaction rollback (serialization failure, deadlock). Everything else is about the data.
-_RETRYABLE_SQLSTATE_CLASSES = ("08", "53", "57", "40", "58")
 
 
 def quote_ident(name: str) -> str:
@@ -79,7 +76,7 @@ class PostgresSink(Sink):
                 await conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {self._table} (time DESC)")
         except Exception as exc:
             await self.close()
-            raise classify(exc) from exc
+            raise classify(exc, self.settings.retry) from exc
         except BaseException:
             await self.close()
             raise
@@ -97,7 +94,7 @@ class PostgresSink(Sink):
                 self._pool.execute(self._insert, hashes, bodies, timeout=self.timeout), self.timeout * 1.5
             )
         except Exception as exc:
-            raise classify(exc) from exc
+            raise classify(exc, self.settings.retry) from exc
         return int(status.rsplit(" ", 1)[-1])
 
     async def close(self) -> None:
@@ -118,7 +115,7 @@ class PostgresSink(Sink):
         return {"sink": self.name, "ok": True}
 
 
-def classify(exc: BaseException) -> Exception:
+def classify(exc: BaseException, policy: RetryPolicy) -> Exception:
     """Map asyncpg/OS errors onto the sink error tree. Messages never carry the DSN."""
     if isinstance(exc, RetryableSinkError | FatalSinkError):
         return exc
@@ -129,7 +126,7 @@ def classify(exc: BaseException) -> Exception:
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", "") or ""
         message = f"postgres error {sqlstate}: {getattr(exc, 'message', str(exc))}"
-        if sqlstate[:2] in _RETRYABLE_SQLSTATE_CLASSES:
+        if policy.is_retryable_sqlstate(sqlstate):
             return SinkUnavailable(message)
         return FatalSinkError(message)
     return SinkUnavailable(f"postgres write failed: {type(exc).__name__}: {exc}")
