@@ -15,7 +15,7 @@ from agents.app import Pipeline
 from pipeline.delivery.runner import SinkRunner
 from pipeline.observability import metrics
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
-from pipeline.sinks.factory import create_sink
+from pipeline.sinks.registry import create_sink
 
 log = structlog.get_logger("pipeline.deliver")
 

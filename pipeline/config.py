@@ -28,7 +28,7 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from pipeline.reliability.presets import preset_layer
-from pipeline.sinks.registry import BUILTIN_SINKS, IMPLEMENTED_TYPES, SINK_TYPES
+from pipeline.sinks.registry import BUILTIN_SINKS, sink_types
 from pipeline.sinks.settings import SinkSettings
 from pipeline.topics import SinkTopicVars, TopicVars
 
@@ -147,12 +147,13 @@ class Settings(BaseSettings):
         if not enabled:
             raise ConfigError("no sink is enabled: enable one, e.g. TSDB_ENABLED=true with TSDB_DSN=postgresql://...")
         for sink in enabled:
-            if sink.type not in IMPLEMENTED_TYPES:
+            try:
+                sink_types()[sink.type].load()
+            except (ImportError, AttributeError, TypeError) as exc:
                 raise ConfigError(
-                    f"sink {sink.name!r} has type {sink.type!r}, which this version cannot deliver to yet "
-                    f"(available: {', '.join(sorted(IMPLEMENTED_TYPES))}); disable it with "
+                    f"sink {sink.name!r} has type {sink.type!r}, which cannot be loaded ({exc}); disable it with "
                     f"{env_prefix(sink.name)}_ENABLED=false"
-                )
+                ) from None
             try:
                 sink.require_runnable()
             except ValueError as exc:
@@ -316,19 +317,19 @@ def _load_sinks(
             raise ConfigError(
                 f"{_where(path, file_lines, ('sinks', name))}: unknown sink {name!r}"
                 f"{_suggest(str(name), set(BUILTIN_SINKS))}; known sinks: {', '.join(BUILTIN_SINKS)}. "
-                f"To add another instance give it a type ({', '.join(SINK_TYPES)})"
+                f"To add another instance give it a type ({', '.join(sink_types())})"
             )
         type_ = str(declared or names[name])
-        if type_ not in SINK_TYPES:
+        if type_ not in sink_types():
             raise ConfigError(
                 f"{_where(path, file_lines, ('sinks', name, 'type'))}: sink {name!r} has unknown type {type_!r}"
-                f"{_suggest(type_, set(SINK_TYPES))}; known types: {', '.join(SINK_TYPES)}"
+                f"{_suggest(type_, set(sink_types()))}; known types: {', '.join(sink_types())}"
             )
         names[str(name)] = type_
 
     sinks: dict[str, SinkSettings] = {}
     for name, type_ in names.items():
-        model = SINK_TYPES[type_]
+        model = sink_types()[type_].settings
         prefix = env_prefix(name)
         raw: dict[str, Any] = {"name": name, "type": type_}
         if name in BUILTIN_SINKS:

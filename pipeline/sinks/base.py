@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.sinks.settings import SinkSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,12 @@ class FatalSinkError(SinkError):
 
 
 class Sink(abc.ABC):
+    """Built by the registry as `SinkClass(settings)` where settings is the type's SinkSettings model."""
+
     name: str
+
+    def __init__(self, settings: SinkSettings) -> None:
+        self.name = settings.name
 
     @abc.abstractmethod
     async def open(self) -> None:
