@@ -402,8 +402,8 @@ def _named_layers(
 
 def _default_env_names(leaf: SinkLeaf) -> list[str]:
     names = [f"SINK_DEFAULT_{leaf.suffix}"]
-    if leaf.path[0] == "queue":  # the seeds' global QUEUE_MAX_BYTES, QUEUE_FLUSH_INTERVAL_MS, ...
-        names.append(leaf.suffix)
+    if leaf.path[0] == "queue" or leaf.suffix == "FLUSH_BANDWIDTH_BYTES_PER_SEC":
+        names.append(leaf.suffix)  # the seeds' global QUEUE_MAX_BYTES, FLUSH_BANDWIDTH_BYTES_PER_SEC, ...
     return names
 
 

@@ -16,6 +16,7 @@ class Received:
     at: float  # time.monotonic()
     status: int
     events: list[dict[str, object]]
+    body_bytes: int = 0
 
 
 @dataclass
@@ -39,7 +40,7 @@ def http_sink_server(script: Script) -> Iterator[str]:
             body = self.rfile.read(length)
             with script.lock:
                 status, headers = script.responses.pop(0) if script.responses else (200, {})
-                script.received.append(Received(time.monotonic(), status, json.loads(body)))
+                script.received.append(Received(time.monotonic(), status, json.loads(body), len(body)))
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)

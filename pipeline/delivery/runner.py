@@ -37,6 +37,7 @@ from pipeline.config import KafkaSettings
 from pipeline.delivery.routing import Attempts, Route, failure_headers, route_failure
 from pipeline.observability import metrics
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
+from pipeline.reliability.ratelimit import TokenBucket
 from pipeline.sinks.base import FatalSinkError, RetryableSinkError, Sink, SinkError, SinkRecord, SinkTimeout
 from pipeline.sinks.settings import SinkSettings
 from pipeline.topics import TopicCatalog
@@ -100,6 +101,10 @@ class SinkRunner:
         self.consumer: AIOKafkaConsumer | None = None
         self._gate_closed = False
         self._judged = False
+        self.bandwidth = (
+            TokenBucket(settings.flush_bandwidth_bytes_per_sec) if settings.flush_bandwidth_bytes_per_sec else None
+        )
+        self.event_rate = TokenBucket(settings.max_events_per_sec) if settings.max_events_per_sec else None
         if len(self.tier_topics) != len(settings.retry.tier_delays_ms()):
             raise ValueError(
                 f"sink {self.name}: topics.yaml declares {len(self.tier_topics)} retry tiers but the retry "
@@ -250,6 +255,10 @@ class SinkRunner:
 
     async def _write(self, items: list[Item], outcome: Outcome) -> None:
         records = [SinkRecord(event_hash=i.event_hash, body=i.record.value or b"") for i in items]
+        if self.bandwidth is not None:
+            await self.bandwidth.acquire(self.sink.wire_size(records))
+        if self.event_rate is not None:
+            await self.event_rate.acquire(len(records))
         started = time.monotonic()
         try:
             written = await asyncio.wait_for(self.sink.write(records), self.settings.retry.timeout_ms / 1000)

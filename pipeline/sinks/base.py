@@ -74,6 +74,11 @@ class Sink(abc.ABC):
     async def close(self) -> None:
         """Release connections. Must not raise."""
 
+    def wire_size(self, batch: list[SinkRecord]) -> int:
+        """Bytes this batch takes on the wire, for the bandwidth limit. Sinks that wrap or encode the
+        events override it; the default is the size of the canonical bodies."""
+        return sum(len(record.body) for record in batch)
+
     async def health(self) -> dict[str, Any]:
         """A cheap check for health endpoints."""
         return {"sink": self.name, "ok": True}

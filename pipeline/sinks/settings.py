@@ -15,6 +15,10 @@ class SinkSettings(BaseModel):
     enabled: bool = False
     batch_size: int = Field(500, ge=1, le=100_000, description="events per write")
     linger_ms: int = Field(200, ge=0, description="how long a partial batch waits for more events")
+    flush_bandwidth_bytes_per_sec: int | None = Field(
+        None, ge=1, description="bandwidth limit of writes (live and retry together); none = unlimited"
+    )
+    max_events_per_sec: float | None = Field(None, gt=0, description="event rate limit of writes")
     retry_preset: str | None = Field(None, description="conservative | aggressive | patient")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     circuit_breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from tests.faults import FaultProxy
 from tests.support import REPO, WorkerProcess
 
 
@@ -65,6 +67,15 @@ class Stack:
         worker = WorkerProcess(env, self.workdir / name, name=name)
         self.workers.append(worker)
         return worker.start()
+
+
+@pytest.fixture
+async def proxy(postgres_dsn: str) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting TCP proxy in front of the session's PostgreSQL."""
+    parts = urlsplit(postgres_dsn)
+    p = await FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    yield p
+    await p.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -36,14 +35,6 @@ FAST = {
     "TSDB_SUCCESS_THRESHOLD": "1",
     "TSDB_HALF_OPEN_MAX_INFLIGHT": "1",
 }
-
-
-@pytest.fixture
-async def proxy(postgres_dsn: str) -> AsyncIterator[FaultProxy]:
-    parts = urlsplit(postgres_dsn)
-    p = await FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
-    yield p
-    await p.stop()
 
 
 def through(dsn: str, proxy: FaultProxy) -> str:

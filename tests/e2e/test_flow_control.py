@@ -1,0 +1,92 @@
+"""Flow control and isolation between sinks, end to end on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipeline.observability.lag import topic_size
+from tests.e2e.conftest import Stack
+from tests.e2e.test_faults import FAST, events, start, through, wait_delivered
+from tests.faults import FaultProxy
+from tests.http_sink_server import Script, http_sink_server
+from tests.support import count_rows, poll
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+HTTP_FAST = {k.replace("TSDB_", "HTTP_"): v for k, v in FAST.items()}
+
+
+async def test_bandwidth_limit_holds_within_ten_percent_over_a_narrow_link(stack: Stack) -> None:
+    limit = 64 * 1024
+    script = Script()
+    with http_sink_server(script) as url:
+        await start(
+            stack,
+            HTTP_FAST,
+            TSDB_ENABLED="false",
+            HTTP_ENABLED="true",
+            HTTP_URL=url,
+            HTTP_BATCH_SIZE="40",
+            HTTP_FLUSH_BANDWIDTH_BYTES_PER_SEC=str(limit),
+        )
+        count = 2400  # about 640 KiB on the wire: ten seconds at the limit
+        await produce_events(stack, count)
+        stack.worker()
+        await poll(
+            lambda: asyncio.sleep(0, len(set(script.delivered_hashes()))),
+            lambda n: n == count,
+            timeout=120,
+            what="all events at the HTTP sink",
+        )
+    with script.lock:
+        received = [r for r in script.received if r.status == 200]
+    assert len(received) >= 10
+    # Bytes after the first request, over the time from the first to the last request.
+    elapsed = received[-1].at - received[0].at
+    sent = sum(r.body_bytes for r in received[1:])
+    rate = sent / elapsed
+    assert abs(rate - limit) / limit < 0.10, f"measured {rate:.0f} B/s against a limit of {limit} B/s"
+    assert len(set(script.delivered_hashes())) == count == len(script.delivered_hashes())
+
+
+async def test_one_sink_down_does_not_slow_the_other(stack: Stack, proxy: FaultProxy) -> None:
+    script = Script()
+    with http_sink_server(script) as url:
+        await start(
+            stack,
+            FAST,
+            HTTP_FAST,
+            TSDB_DSN=through(stack.dsn, proxy),
+            HTTP_ENABLED="true",
+            HTTP_URL=url,
+        )
+        stack.worker()
+        await produce_events(stack, 200, start_at=0)
+        await wait_delivered(stack, 200)
+        await poll(lambda: asyncio.sleep(0, len(script.delivered_hashes())), lambda n: n == 200, timeout=60)
+
+        proxy.set("down")
+        started = time.monotonic()
+        await produce_events(stack, 3000, start_at=200)
+        await poll(
+            lambda: asyncio.sleep(0, len(set(script.delivered_hashes()))),
+            lambda n: n == 3200,
+            timeout=60,
+            what="the HTTP sink keeps flowing",
+        )
+        http_elapsed = time.monotonic() - started
+        assert await count_rows(stack.dsn, stack.table) == 200, "nothing reaches PostgreSQL while it is down"
+        assert await topic_size(stack.bootstrap, stack.sink_topic()) == 3200, "PostgreSQL's events wait in Kafka"
+        proxy.set("pass")
+        await wait_delivered(stack, 3200)
+    # 3,000 events through the HTTP sink while PostgreSQL was down took seconds, not breaker periods.
+    assert http_elapsed < 30, f"the HTTP sink took {http_elapsed:.1f}s"
+
+
+async def produce_events(stack: Stack, count: int, start_at: int = 0) -> None:
+    from tests.support import produce
+
+    await produce(stack.bootstrap, stack.ingest_topic, events(start_at, count))
