@@ -132,7 +132,11 @@ class Settings(BaseSettings):
             ingest_topic=self.ingest_topic,
             app_id=self.app_id,
             sinks=tuple(
-                SinkTopicVars(name=s.name, retry_tiers=tuple(tier_label(d) for d in s.retry.tier_delays_ms()))
+                SinkTopicVars(
+                    name=s.name,
+                    retry_tiers=tuple(tier_label(d) for d in s.retry.tier_delays_ms()),
+                    queue_max_bytes=s.queue.max_bytes if s.queue.enabled else None,
+                )
                 for s in self.enabled_sinks()
             ),
             prefix=self.topic_prefix,

@@ -96,6 +96,9 @@ class SinkTopicVars:
 
     name: str  # e.g. "tsdb"
     retry_tiers: tuple[str, ...] = ()  # tier labels in retry order, e.g. ("1s", "10s", "1m")
+    # The seeds' QUEUE_MAX_BYTES: Kafka is the queue, so it becomes the sink topic's retention.bytes
+    # (divided over its partitions, as Kafka counts retention.bytes per partition). None: topics.yaml's.
+    queue_max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -696,6 +699,10 @@ class _Loader:
                     config[key] = value
                 sink = env.get("sink")
                 tier = env.get("tier")
+                if e.role == "sink":
+                    queue = next((s.queue_max_bytes for s in self.vars.sinks if s.name == sink), None)
+                    if queue is not None:
+                        config["retention.bytes"] = str(max(1, queue // partitions[e.role]))
                 specs.append(
                     TopicSpec(
                         role=e.role,

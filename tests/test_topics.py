@@ -803,3 +803,14 @@ async def test_cli_apply_then_drift_exit_codes(
     assert result.exit_code == 2, result.output
     assert "! drift" in result.stdout
     assert result.stderr.startswith("error: unfixable drift")
+
+
+def test_queue_max_bytes_becomes_the_sink_topics_retention_bytes() -> None:
+    from pipeline.config import load_settings
+    from pipeline.topics import default_topics_path
+
+    settings = load_settings(environ={"TSDB_QUEUE_MAX_BYTES": str(6 * 1024**3), "KAFKA_TOPIC_PARTITIONS": "6"})
+    catalog = load_topics(default_topics_path(), settings.topic_vars())
+    assert catalog.sink("tsdb").config["retention.bytes"] == str(1024**3)  # per partition
+    plain = load_topics(default_topics_path(), load_settings(environ={}).topic_vars())
+    assert plain.sink("tsdb").config["retention.bytes"] == "-1"

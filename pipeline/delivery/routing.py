@@ -47,9 +47,7 @@ class Route:
 
 def tier_index(policy: RetryPolicy, retry_number: int) -> int:
     """The tier of retry number `retry_number` (1-based): the tier holding its base delay."""
-    tiers = policy.tier_delays_ms()
-    delay = policy.base_delay_ms(retry_number - 1)
-    return tiers.index(delay)
+    return policy.tier_for_retry(retry_number)
 
 
 def route_failure(

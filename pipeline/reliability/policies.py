@@ -56,6 +56,11 @@ class RetryPolicy(BaseModel):
     backoff_multiplier: float = Field(
         2.0, ge=1.0, le=10.0, description="growth factor of exponential backoff (seed 003's exponential_base)"
     )
+    retry_tiers: list[str] | None = Field(
+        None,
+        description='explicit retry tier delays instead of the derived ones, e.g. "5s,1m,10m" '
+        "(retry n uses tier n, the last tier repeats)",
+    )
     retryable_status: list[str] = Field(
         default_factory=lambda: list(DEFAULT_RETRYABLE_STATUS),
         description='HTTP statuses worth retrying: exact codes ("429") or classes ("5xx"); env: "408,429,5xx"',
@@ -64,6 +69,18 @@ class RetryPolicy(BaseModel):
         default_factory=lambda: list(DEFAULT_RETRYABLE_SQLSTATES),
         description='SQLSTATE prefixes worth retrying ("08" = any connection exception, "40001" exactly)',
     )
+
+    @field_validator("retry_tiers", mode="before")
+    @classmethod
+    def _parse_tiers(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        entries = _entries(value, "retry_tiers")
+        for entry in entries:
+            parse_duration_ms(entry)
+        if not entries:
+            return None
+        return entries
 
     @field_validator("retryable_status", mode="before")
     @classmethod
@@ -142,13 +159,39 @@ class RetryPolicy(BaseModel):
         return bool(code) and any(code.startswith(prefix) for prefix in self.retryable_sqlstates)
 
     def tier_delays_ms(self) -> tuple[int, ...]:
-        """One retry tier per retry attempt, each with its base delay (tiers with equal delays merge)."""
+        """One retry tier per retry attempt, each with its base delay (tiers with equal delays merge),
+        or the explicit `retry_tiers`."""
+        if self.retry_tiers:
+            return tuple(parse_duration_ms(entry) for entry in self.retry_tiers)
         delays: list[int] = []
         for attempt in range(self.max_retries):
             delay = self.base_delay_ms(attempt)
             if not delays or delays[-1] != delay:
                 delays.append(delay)
         return tuple(delays)
+
+
+    def tier_for_retry(self, retry_number: int) -> int:
+        """Index of the tier that holds retry number `retry_number` (1-based)."""
+        tiers = self.tier_delays_ms()
+        if self.retry_tiers:
+            return min(max(retry_number, 1), len(tiers)) - 1
+        return tiers.index(self.base_delay_ms(retry_number - 1))
+
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
+
+
+def parse_duration_ms(text: str) -> int:
+    """'500ms', '5s', '10m', '2h' -> milliseconds (the inverse of tier_label)."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"retry tier {text!r} is not a duration like 500ms, 5s, 10m or 2h")
+    number, unit = int(match.group(1)), match.group(2)
+    ms = number * {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}[unit]
+    if ms <= 0:
+        raise ValueError(f"retry tier {text!r} must be longer than 0")
+    return ms
 
 
 class BreakerPolicy(BaseModel):

@@ -93,3 +93,11 @@ def _raised(error: Exception) -> Exception:
         raise error
     except Exception as exc:
         return exc
+
+
+def test_explicit_retry_tiers() -> None:
+    policy = RetryPolicy.model_validate({"max_retries": 5, "retry_tiers": "5s,1m,10m"})
+    assert policy.tier_delays_ms() == (5_000, 60_000, 600_000)
+    assert [tier_index(policy, n) for n in range(1, 6)] == [0, 1, 2, 2, 2]
+    with pytest.raises(ValueError, match="retry tier '5x'"):
+        RetryPolicy.model_validate({"retry_tiers": "5s,5x"})

@@ -1,9 +1,38 @@
-"""Generic HTTP webhook sink: POSTs a batch as a JSON array of events (their canonical bodies plus the
-event hash). Status codes are classified by the sink's retry policy (`retryable_status`), and a
-`Retry-After` header (seconds or HTTP date) rides along on the error for the breaker to honour."""
+"""Generic HTTP webhook sink: POSTs a batch as a JSON array `[{"event_hash": ..., "event": <canonical body>}, ...]`.
+
+Every request carries:
+  Content-Type: application/json
+  Idempotency-Key: <hex sha256 of the batch's distinct event hashes, sorted, joined by "\\n">
+      A deterministic function of which events are in the batch (not of their order), so a batch that is
+      retried, or redelivered after a crash, carries the same key and the receiver can drop the repeat.
+      After a fatal failure the runner bisects the batch: each half is a different set of events and gets
+      its own key; a retry tier regroups events, and a regrouped batch has its own key too. The event hash
+      in every entry stays the per-event idempotency key.
+  X-Pipeline-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes sent>   (when a secret is set)
+      With gzip on, the signature is over the gzip-compressed bytes (what is on the wire): verify it before
+      decompressing. The gzip stream is deterministic (mtime 0), so a retried batch has the same signature.
+  Content-Encoding: gzip                       (when gzip is on)
+  Authorization: Bearer <token>                (when bearer_token is set)
+  plus the static `headers` of the settings.
+
+Responses: a status in `success_codes` (default 2xx) means delivered; a status the retry policy lists as
+retryable (`retryable_status`, default 408/425/429/5xx) raises RetryableSinkError with the `Retry-After`
+(seconds or HTTP date) for the breaker; any other status (other 4xx, 3xx, a 2xx not in success_codes)
+raises FatalSinkError, which makes the runner bisect the batch down to the poison events for the DLQ.
+Timeouts raise SinkTimeout, connection failures SinkUnavailable. Error messages carry the status and the
+start of the response body, never the URL's password, the HMAC key, the token or a header value.
+The sink never retries by itself.
+
+HTTP/2 (`http2`, default on) is offered through ALPN on https:// and used when the server picks it;
+plain http:// stays HTTP/1.1.
+"""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import hmac
+import ssl
 from typing import Any
 
 import httpx
@@ -15,49 +44,148 @@ from pipeline.sinks.http.config import HttpSinkSettings
 
 log = structlog.get_logger(__name__)
 
+BODY_IN_ERROR = 300  # characters of the response body kept in an error message
+REDACTED = "********"
+MIN_REDACTED = 6  # shorter values (X-Version: 2) are not credentials, and replacing them would garble messages
+USER_AGENT = "pipeline-http-sink"
+
 
 class HttpSink(Sink):
     def __init__(self, settings: HttpSinkSettings) -> None:
-        self.name = settings.name
+        super().__init__(settings)
         self.settings = settings
         self._client: httpx.AsyncClient | None = None
+        self._key: bytes | None = None
+        self._secrets: list[str] = []
 
     async def open(self) -> None:
-        timeout = self.settings.retry.timeout_ms / 1000
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
-        log.info("sink opened", sink=self.name, kind="http")
+        settings = self.settings
+        if not settings.url:
+            raise FatalSinkError("url is required when the sink is enabled")
+        try:
+            self._key = settings.signing_key()
+        except ValueError as exc:
+            raise FatalSinkError(str(exc)) from None
+        verify: ssl.SSLContext | bool = settings.tls_verify
+        if settings.tls_verify and settings.ca_file is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(settings.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise FatalSinkError(f"ca_file {settings.ca_file} cannot be loaded: {exc}") from None
+        headers = {"user-agent": USER_AGENT}
+        headers.update({name: value.get_secret_value() for name, value in settings.headers.items()})
+        if settings.bearer_token is not None:
+            headers["authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
+        self._secrets = _secret_strings(settings, self._key)
+        await self.close()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.retry.timeout_ms / 1000),
+            follow_redirects=False,
+            http2=settings.http2,
+            verify=verify,
+            limits=httpx.Limits(
+                max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
+            ),
+            headers=headers,
+        )
+        log.info(
+            "sink opened",
+            sink=self.name,
+            kind="http",
+            host=httpx.URL(settings.url).host,
+            http2=settings.http2,
+            gzip=settings.gzip,
+            signed=self._key is not None,
+        )
 
     async def write(self, batch: list[SinkRecord]) -> int:
         if not batch:
             return 0
-        if self._client is None or not self.settings.url:
+        client, url = self._client, self.settings.url
+        if client is None or not url:
             raise SinkUnavailable(f"sink {self.name} is not open")
-        body = b"[" + b",".join(_entry(r) for r in batch) + b"]"
+        content, headers = self.request_parts(batch)
         try:
-            response = await self._client.post(
-                self.settings.url, content=body, headers={"content-type": "application/json"}
-            )
+            response = await client.post(url, content=content, headers=headers)
         except httpx.TimeoutException as exc:
-            raise SinkTimeout(f"http timeout: {type(exc).__name__}") from exc
+            raise SinkTimeout(self._redact(f"http timeout: {type(exc).__name__}")) from exc
         except httpx.HTTPError as exc:
-            raise SinkUnavailable(f"http request failed: {type(exc).__name__}: {exc}") from exc
-        if 200 <= response.status_code < 300:
+            raise SinkUnavailable(self._redact(f"http request failed: {type(exc).__name__}: {exc}")) from exc
+        status = response.status_code
+        if self.settings.is_success(status):
             return len(batch)
-        message = f"http {response.status_code}: {response.text[:300]}"
-        if self.settings.retry.is_retryable_status(response.status_code):
+        excerpt = _excerpt(response)
+        message = self._redact(f"http {status} {response.reason_phrase}" + (f": {excerpt}" if excerpt else ""))
+        if self.settings.retry.is_retryable_status(status):
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             raise RetryableSinkError(message, retry_after=retry_after)
         raise FatalSinkError(message)
 
+    def request_parts(self, batch: list[SinkRecord]) -> tuple[bytes, dict[str, str]]:
+        """The exact body bytes and the per-request headers of a batch (the client adds the static ones)."""
+        settings = self.settings
+        body = b"[" + b",".join(_entry(r) for r in batch) + b"]"
+        headers = {"content-type": "application/json", settings.idempotency_header: idempotency_key(batch)}
+        if settings.gzip:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["content-encoding"] = "gzip"
+        if self._key is not None:
+            headers[settings.signature_header] = signature(self._key, body)
+        return body, headers
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            try:
+                await client.aclose()
+            except Exception:  # close must not raise
+                log.warning("http sink close failed", sink=self.name, exc_info=True)
 
     async def health(self) -> dict[str, Any]:
         return {"sink": self.name, "ok": self._client is not None}
+
+    def _redact(self, message: str) -> str:
+        for secret in self._secrets:
+            message = message.replace(secret, REDACTED)
+        return message
+
+
+def idempotency_key(batch: list[SinkRecord]) -> str:
+    """Hex sha256 of the batch's distinct event hashes, sorted and joined by newlines: the same set of
+    events always gives the same key, whatever their order."""
+    hashes = sorted({r.event_hash for r in batch})
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
+def signature(key: bytes, body: bytes) -> str:
+    """The signature header value: "sha256=" + hex HMAC-SHA256 of the body bytes as sent."""
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def _entry(record: SinkRecord) -> bytes:
     # {"event_hash": "...", "event": <canonical body>} without re-encoding the body.
     return b'{"event_hash":"' + record.event_hash.encode() + b'","event":' + record.body + b"}"
+
+
+def _excerpt(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except Exception:  # an undecodable body must not hide the status
+        return "<undecodable body>"
+    text = " ".join(text.split())
+    return text if len(text) <= BODY_IN_ERROR else text[:BODY_IN_ERROR] + "..."
+
+
+def _secret_strings(settings: HttpSinkSettings, key: bytes | None) -> list[str]:
+    """Every secret value that must never appear in an error message, longest first."""
+    secrets: list[str] = []
+    if key is not None:
+        secrets.append(key.decode("utf-8", "replace"))
+    if settings.bearer_token is not None:
+        secrets.append(settings.bearer_token.get_secret_value())
+    secrets.extend(value.get_secret_value() for value in settings.headers.values())
+    if settings.url:
+        password = httpx.URL(settings.url).password
+        if password:
+            secrets.append(password)
+    return sorted({s for s in secrets if len(s) >= MIN_REDACTED}, key=len, reverse=True)
