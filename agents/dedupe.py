@@ -11,11 +11,10 @@ import time
 from typing import Any
 
 import structlog
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
-from agents.acks import ack_all, manual_acks, wait_produced
+from agents.acks import manual_acks, produced_then_acked
 from agents.app import Pipeline
-from pipeline.batching import Batcher
 from pipeline.dedupe import Decision, Seen, decide, is_expired
 from pipeline.observability import metrics
 
@@ -44,14 +43,7 @@ def register(pipeline: Pipeline) -> None:
 
     async def dedupe(stream: StreamT[Any]) -> None:
         manual = manual_acks(stream)
-
-        async def settle(batch: list[tuple[EventT[Any], list[Any]]]) -> None:
-            await wait_produced([f for _, futures in batch for f in futures])
-            await ack_all(manual, [event for event, _ in batch])
-
-        batcher: Batcher[tuple[EventT[Any], list[Any]]] = Batcher(
-            settle, max_size=settings.ingest_batch_size, linger=0.05, name="dedupe"
-        )
+        batcher = produced_then_acked(manual, max_size=settings.ingest_batch_size, name="dedupe")
         async with batcher.running():
             async for event in manual.events():
                 message = event.message
