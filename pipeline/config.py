@@ -498,7 +498,7 @@ def _describe(exc: ValidationError, prov: Provenance, loc_prefix: tuple[str, ...
 # Showing
 
 
-_SECRET_WORDS = ("password", "secret", "token", "dsn", "api_key")
+_SECRET_WORDS = ("password", "secret", "token", "dsn", "api_key", "headers")
 
 
 def _is_secret_path(dotted: str) -> bool:
@@ -522,6 +522,8 @@ def mask_url(url: str) -> str:
 def display_value(dotted: str, value: Any) -> str:
     if isinstance(value, SecretStr):
         return mask_url(value.get_secret_value()) if dotted.endswith("dsn") else MASK
+    if isinstance(value, str) and dotted.endswith("url"):
+        return mask_url(value) if "@" in value else value
     if value is None:
         return "-"
     if _is_secret_path(dotted):

@@ -2,7 +2,7 @@
 
 Debt-based: `acquire(n)` may take more than the bucket holds (a batch larger than one second of
 bandwidth); the caller then waits until the debt is paid at `rate`. The bucket starts empty, so the
-long-run rate from the first write on never exceeds `rate` by more than one `capacity` worth.
+rate over any window never exceeds `rate` by more than one `capacity` (one second of traffic).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ class TokenBucket:
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.rate = rate
-        self.capacity = capacity if capacity is not None else rate * 0.1
+        # One second of burst: enough that time spent writing between two acquires is not lost.
+        self.capacity = capacity if capacity is not None else rate
         self.clock = clock
         self._tokens = 0.0
         self._stamp = clock()

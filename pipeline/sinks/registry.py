@@ -1,5 +1,5 @@
 """Which sink types exist: their settings model and their implementation, built in or registered by
-third-party packages through the `pipeline.sinks` entry point group (see README, "Writing a sink")."""
+third-party packages through the `pipeline.sinks` entry point group (see docs/writing-a-sink.md)."""
 
 from __future__ import annotations
 

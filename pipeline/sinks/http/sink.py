@@ -57,6 +57,7 @@ class HttpSink(Sink):
         self._client: httpx.AsyncClient | None = None
         self._key: bytes | None = None
         self._secrets: list[str] = []
+        self._cached: tuple[tuple[str, ...], bytes] | None = None  # (event hashes, body) from wire_size
 
     async def open(self) -> None:
         settings = self.settings
@@ -124,14 +125,31 @@ class HttpSink(Sink):
     def request_parts(self, batch: list[SinkRecord]) -> tuple[bytes, dict[str, str]]:
         """The exact body bytes and the per-request headers of a batch (the client adds the static ones)."""
         settings = self.settings
-        body = b"[" + b",".join(_entry(r) for r in batch) + b"]"
+        body = self._body(batch)
         headers = {"content-type": "application/json", settings.idempotency_header: idempotency_key(batch)}
         if settings.gzip:
-            body = gzip.compress(body, compresslevel=6, mtime=0)
             headers["content-encoding"] = "gzip"
         if self._key is not None:
             headers[settings.signature_header] = signature(self._key, body)
         return body, headers
+
+    def wire_size(self, batch: list[SinkRecord]) -> int:
+        """Bytes of the request body (after gzip when it is on), for the bandwidth limit. The body is kept
+        for the `write` of the same batch that follows, so a gzipped batch is compressed once."""
+        return len(self._body(batch, keep=True))
+
+    def _body(self, batch: list[SinkRecord], *, keep: bool = False) -> bytes:
+        key = tuple(r.event_hash for r in batch)
+        cached, self._cached = self._cached, None
+        if cached is not None and cached[0] == key:
+            body = cached[1]
+        else:
+            body = b"[" + b",".join(_entry(r) for r in batch) + b"]"
+            if self.settings.gzip:
+                body = gzip.compress(body, compresslevel=6, mtime=0)
+        if keep:
+            self._cached = (key, body)
+        return body
 
     async def close(self) -> None:
         client, self._client = self._client, None
