@@ -1,0 +1,44 @@
+# Every target that needs the tools runs scripts/bootstrap first (idempotent, quiet when there is
+# nothing to do), so `make demo` and `make test` work from a fresh clone with nothing else run first.
+
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_FLAGS := -q -p no:cacheprovider
+KAFKA4_VERSION := 4.1.1
+
+.DEFAULT_GOAL := help
+.PHONY: help bootstrap demo test test-kafka4 lint clean
+
+help:
+	@echo "make demo         run the whole pipeline on a local Kafka + PostgreSQL and show what landed"
+	@echo "make test         the whole test suite (unit, topics, devstack, e2e) on Kafka 3.9"
+	@echo "make test-kafka4  the e2e and topics tests on Kafka $(KAFKA4_VERSION)"
+	@echo "make lint         ruff check, ruff format --check, mypy"
+	@echo "make bootstrap    only the set-up (.venv, Java/Maven, PostgreSQL binaries, Kafka jars)"
+	@echo "make clean        remove .venv and caches (not the Kafka jar cache in ~/.cache/pipeline)"
+
+bootstrap:
+	@bash scripts/bootstrap
+
+demo: bootstrap
+	$(BIN)/pipeline demo
+
+test: bootstrap
+	$(BIN)/pytest $(PYTEST_FLAGS) --durations=15
+
+test-kafka4:
+	@PIPELINE_KAFKA_VERSIONS="$${PIPELINE_KAFKA_VERSIONS:-} $(KAFKA4_VERSION)" bash scripts/bootstrap
+	KAFKA_VERSION=$(KAFKA4_VERSION) $(BIN)/pytest $(PYTEST_FLAGS) -m e2e tests/e2e tests/test_topics.py
+
+# All three run even when one fails, so one run shows every problem; the target fails if any did.
+lint: bootstrap
+	@status=0; \
+	echo "$(BIN)/ruff check ."; $(BIN)/ruff check . || status=1; \
+	echo "$(BIN)/ruff format --check ."; $(BIN)/ruff format --check . || status=1; \
+	echo "$(BIN)/mypy"; $(BIN)/mypy || status=1; \
+	exit $$status
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
