@@ -488,7 +488,7 @@ def _describe(exc: ValidationError, prov: Provenance, loc_prefix: tuple[str, ...
         source = prov.source_of(dotted)
         shown = ""
         if dotted in prov.env_values and not _is_secret_path(dotted):
-            shown = f"={prov.env_values[dotted]!r}"
+            shown = f"={display_value(dotted, prov.env_values[dotted])!r}"
         where = f" (from {source}{shown})" if source != "default" else ""
         problems.append(f"invalid setting {dotted}{where}: {error['msg']}")
     return "; ".join(problems)

@@ -170,7 +170,6 @@ class RetryPolicy(BaseModel):
                 delays.append(delay)
         return tuple(delays)
 
-
     def tier_for_retry(self, retry_number: int) -> int:
         """Index of the tier that holds retry number `retry_number` (1-based)."""
         tiers = self.tier_delays_ms()

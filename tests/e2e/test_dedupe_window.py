@@ -33,9 +33,7 @@ async def test_entries_expire_after_the_window(stack: Stack) -> None:
     await poll(dedupe_drained, bool, timeout=30, what="the copy judged")
     assert await topic_size(stack.bootstrap, stack.sink_topic()) == 1, "a copy within the window is dropped"
 
-    await poll(
-        lambda: asyncio.sleep(0, worker.logged("dedupe entries expired")), bool, timeout=30, what="expiry sweep"
-    )
+    await poll(lambda: asyncio.sleep(0, worker.logged("dedupe entries expired")), bool, timeout=30, what="expiry sweep")
     await produce(stack.bootstrap, stack.ingest_topic, [(2, None, raw, [])])  # after the window
     await poll(lambda: topic_size(stack.bootstrap, stack.sink_topic()), lambda n: n == 2, timeout=30)
     assert await count_rows(stack.dsn, stack.table) == 1  # the sink write stays idempotent

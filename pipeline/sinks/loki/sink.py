@@ -1,0 +1,203 @@
+"""Grafana Loki sink: pushes each event as one log line to POST {url}/loki/api/v1/push.
+
+Labels, entries, the cardinality cap, splitting and the two encodings are in pipeline.sinks.loki.push.
+
+Idempotence: an event always becomes the same entry (same stream, timestamp and line), and Loki ignores
+an exact duplicate of an entry it has, so writing a batch again (a retry, a redelivery after a crash, the
+halves of a bisected batch) stores every event once.
+
+Classification of a push's response (the sink never retries by itself):
+  2xx                                     ok
+  retryable per retry.retryable_status    RetryableSinkError with Retry-After (default 408, 425, 429, 5xx)
+  (429, 5xx, ...)
+  400 (too old, out of order, bad labels) FatalSinkError with Loki's message. Loki keeps the valid entries
+                                          of that push, so the runner's bisection resends them harmlessly
+                                          and ends with only the rejected event in the DLQ.
+  other 4xx (401, 403, 413, ...)          FatalSinkError
+  httpx timeout                           SinkTimeout
+  connection error                        SinkUnavailable
+A record that can never be an entry (line longer than max_line_bytes, unreadable body) fails the whole
+write with FatalSinkError before anything is sent; bisection isolates it.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from typing import Any
+
+import httpx
+import structlog
+
+from pipeline.reliability.retry_after import parse_retry_after
+from pipeline.sinks.base import FatalSinkError, RetryableSinkError, Sink, SinkRecord, SinkTimeout, SinkUnavailable
+from pipeline.sinks.loki.config import LokiSinkSettings
+from pipeline.sinks.loki.push import (
+    Entry,
+    InvalidEntry,
+    StreamLabeler,
+    build_pushes,
+    encode_push,
+    group_streams,
+    parse_record,
+)
+
+log = structlog.get_logger(__name__)
+
+MESSAGE_LIMIT = 2000  # characters of Loki's response kept in the error (and so in the DLQ header)
+
+
+class LokiSink(Sink):
+    def __init__(self, settings: LokiSinkSettings) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.labeler = StreamLabeler(
+            label_keys=tuple(settings.label_keys),
+            event_label_allowlist=tuple(settings.event_label_allowlist),
+            max_streams=settings.max_streams,
+        )
+        self._client: httpx.AsyncClient | None = None
+        self._push_url = settings.push_url() if settings.url else ""
+        self.pushes = 0
+        self.last_push_at: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if not self.settings.url:
+            raise FatalSinkError(f"sink {self.name}: url is not set")
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.settings.retry.timeout_ms / 1000),
+            http2=True,
+            verify=self._verify(),
+            headers=self._headers(),
+            auth=self._auth(),
+            follow_redirects=False,
+        )
+        try:
+            await self._check_ready(client)
+        except BaseException:
+            await client.aclose()
+            raise
+        old, self._client = self._client, client
+        if old is not None:
+            await old.aclose()
+        log.info(
+            "sink opened",
+            sink=self.name,
+            kind="loki",
+            url=self.settings.base_url(),
+            encoding=self.settings.encoding,
+            tenant=self.settings.tenant_id,
+        )
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if not self.settings.tls_verify:
+            return False
+        if self.settings.ca_file is not None:
+            return ssl.create_default_context(cafile=str(self.settings.ca_file))
+        return True
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"user-agent": "pipeline-loki-sink"}
+        if self.settings.tenant_id:
+            headers["x-scope-orgid"] = self.settings.tenant_id
+        if self.settings.bearer_token is not None:
+            headers["authorization"] = f"Bearer {self.settings.bearer_token.get_secret_value()}"
+        return headers
+
+    def _auth(self) -> httpx.BasicAuth | None:
+        if self.settings.bearer_token is not None:
+            return None
+        if self.settings.username:
+            password = self.settings.password.get_secret_value() if self.settings.password else ""
+            return httpx.BasicAuth(self.settings.username, password)
+        credentials = self.settings.url_credentials()
+        return httpx.BasicAuth(*credentials) if credentials else None
+
+    async def _check_ready(self, client: httpx.AsyncClient) -> None:
+        """GET /ready: unreachable or 503 (Loki starting) fails the open (the runner retries it); any
+        other answer, 404 from a gateway included, lets the writes decide."""
+        url = self.settings.base_url() + "/ready"
+        try:
+            response = await client.get(url)
+        except httpx.TimeoutException as exc:
+            raise SinkTimeout(f"loki /ready timed out: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise SinkUnavailable(f"loki unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status_code == 503:
+            raise SinkUnavailable(f"loki not ready: {_text(response)}", retry_after=_retry_after(response))
+        if response.status_code != 200:
+            log.info("loki /ready check inconclusive", sink=self.name, status=response.status_code)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception:  # close must not raise
+                log.warning("closing the loki client failed", sink=self.name, exc_info=True)
+
+    async def health(self) -> dict[str, Any]:
+        return {
+            "sink": self.name,
+            "ok": self._client is not None,
+            "streams": len(self.labeler.known),
+            "overflow_streams": len(self.labeler.overflow),
+            "overflowed_events": self.labeler.overflowed_events,
+            "pushes": self.pushes,
+            "last_push_at": self.last_push_at,
+        }
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def write(self, batch: list[SinkRecord]) -> int:
+        if not batch:
+            return 0
+        client = self._client
+        if client is None:
+            raise SinkUnavailable(f"sink {self.name} is not open")
+        items: list[tuple[str, dict[str, str], Entry]] = []
+        invalid: list[str] = []
+        for record in batch:
+            try:
+                entry, event = parse_record(record.body, record.event_hash, self.settings.max_line_bytes)
+            except InvalidEntry as exc:
+                invalid.append(str(exc))
+                continue
+            labels, pairs = self.labeler.labels_for(event)
+            items.append((labels, pairs, entry))
+        if invalid:
+            more = f" (+{len(invalid) - 1} more)" if len(invalid) > 1 else ""
+            raise FatalSinkError(invalid[0] + more)
+        streams = group_streams(items)
+        for push in build_pushes(streams, self.settings.encoding, self.settings.max_push_bytes):
+            body = encode_push(push, self.settings.encoding)
+            await self._send(client, body.content, body.headers)
+        return len(batch)
+
+    async def _send(self, client: httpx.AsyncClient, content: bytes, headers: dict[str, str]) -> None:
+        try:
+            response = await client.post(self._push_url, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise SinkTimeout(f"loki push timed out: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise SinkUnavailable(f"loki push failed: {type(exc).__name__}: {exc}") from exc
+        self.pushes += 1
+        self.last_push_at = time.time()
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        message = f"loki {status}: {_text(response)}"
+        if self.settings.retry.is_retryable_status(status):
+            raise RetryableSinkError(message, retry_after=_retry_after(response))
+        raise FatalSinkError(message)
+
+
+def _text(response: httpx.Response) -> str:
+    text = response.text.strip()
+    return text[:MESSAGE_LIMIT] + ("..." if len(text) > MESSAGE_LIMIT else "") if text else response.reason_phrase
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    return parse_retry_after(response.headers.get("retry-after"))
