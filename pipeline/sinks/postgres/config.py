@@ -1,23 +1,58 @@
-"""Settings of the TimescaleDB/PostgreSQL sink (env prefix of the built-in instance: TSDB_)."""
+"""Settings of the TimescaleDB/PostgreSQL sink (env prefix of the built-in instance: TSDB_).
+
+Connection: either `dsn` (TSDB_DSN=postgresql://user:password@host:5432/db) or its parts (TSDB_HOST,
+TSDB_PORT, TSDB_DATABASE, TSDB_USER, TSDB_PASSWORD or TSDB_PASSWORD_FILE). Both may be given: a part that
+is set overrides the same component of the DSN (as libpq does), e.g. a DSN without a password plus
+TSDB_PASSWORD_FILE. The TLS settings (TSDB_SSLMODE, TSDB_SSLROOTCERT, TSDB_SSLCERT, TSDB_SSLKEY) apply to
+both forms and override the DSN's own `sslmode=...` query parameters; unset, libpq's defaults apply
+(sslmode=prefer, ~/.postgresql/root.crt, PGSSL* environment variables).
+
+Table: `schema`.`table`, created when missing; a TimescaleDB hypertable when the extension is installed
+(`hypertable`: auto = when installed, on = required, off = never), a plain table otherwise.
+"""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from pipeline.sinks.settings import SinkSettings
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# A PostgreSQL interval literal such as "1 day", "6 hours", "7 days", "1 day 12 hours" or "12:00:00". It
+# travels as a bound parameter (never spliced into SQL); the check only catches typos at start.
+_INTERVAL = re.compile(r"^\s*[0-9][0-9A-Za-z .:]*$")
+
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+HypertableMode = Literal["auto", "on", "off"]
 
 
 class PostgresSinkSettings(SinkSettings):
     type: str = "postgres"
     dsn: SecretStr | None = Field(None, description="postgresql://user:password@host:port/db")
+    host: str | None = Field(None, min_length=1, description="server host name or address (instead of dsn)")
+    port: int = Field(5432, ge=1, le=65535, description="server port (with host; overrides the DSN's when set)")
+    database: str | None = Field(None, min_length=1, description="database name (instead of dsn)")
+    user: str | None = Field(None, min_length=1, description="role to connect as (instead of dsn)")
+    password: SecretStr | None = Field(None, description="password of `user` (or use password_file)")
+    password_file: Path | None = Field(
+        None, description="file holding the password, read at every open; a trailing newline is ignored"
+    )
+    sslmode: SslMode | None = Field(None, description="disable | prefer | require | verify-ca | verify-full")
+    sslrootcert: Path | None = Field(None, description="CA certificate(s) for verify-ca / verify-full")
+    sslcert: Path | None = Field(None, description="client certificate (may also hold the key)")
+    sslkey: Path | None = Field(None, description="private key of the client certificate")
     table: str = "events"
     db_schema: str = Field("public", alias="schema")
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(4, ge=1)
+    hypertable: HypertableMode = Field(
+        "auto", description="auto: a hypertable when TimescaleDB is installed; on: required; off: a plain table"
+    )
+    chunk_time_interval: str = Field("1 day", description="hypertable chunk size, a PostgreSQL interval")
 
     @field_validator("table", "db_schema")
     @classmethod
@@ -26,6 +61,33 @@ class PostgresSinkSettings(SinkSettings):
             raise ValueError(f"{value!r} is not a plain SQL identifier (letters, digits, _; max 63)")
         return value
 
+    @field_validator("chunk_time_interval")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        if not _INTERVAL.match(value):
+            raise ValueError(f"{value!r} is not a PostgreSQL interval (e.g. '1 day', '6 hours', '7 days')")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PostgresSinkSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        if self.sslkey is not None and self.sslcert is None:
+            raise ValueError("sslkey needs sslcert (the client certificate it belongs to)")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(f"pool_min_size ({self.pool_min_size}) must be <= pool_max_size ({self.pool_max_size})")
+        return self
+
+    @property
+    def has_dsn(self) -> bool:
+        return self.dsn is not None and bool(self.dsn.get_secret_value().strip())
+
     def require_runnable(self) -> None:
-        if self.dsn is None or not self.dsn.get_secret_value():
-            raise ValueError("dsn is required when the sink is enabled")
+        # The message starts with the setting's name: Settings.check_runnable turns it into the env name.
+        if self.has_dsn:
+            return
+        if self.host is None and self.database is None and self.user is None:
+            raise ValueError("dsn is required when the sink is enabled (or host, database and user)")
+        for name in ("host", "database", "user"):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} is required when connecting by parts (host, database, user) without dsn")
