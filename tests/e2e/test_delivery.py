@@ -27,7 +27,7 @@ async def wait_all_delivered(stack: Stack, expected_rows: int, timeout: float = 
     async def progress() -> tuple[int, int | None, int | None]:
         rows = await count_rows(stack.dsn, stack.table)
         dedupe_lag = await group_lag(stack.bootstrap, stack.app_id, f"{stack.ingest_topic}.by-hash")
-        sink_lag = await group_lag(stack.bootstrap, stack.app_id, stack.sink_topic())
+        sink_lag = await group_lag(stack.bootstrap, f"{stack.app_id}.deliver.tsdb", stack.sink_topic())
         return rows, dedupe_lag, sink_lag
 
     try:
