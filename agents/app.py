@@ -52,7 +52,7 @@ def _credentials(settings: Settings) -> Any:
 
 
 def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
-    from agents import dedupe, deliver, ingest
+    from agents import dedupe, deliver, ingest, watchdog
 
     app = faust.App(
         settings.app_id,
@@ -95,4 +95,5 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
     ingest.register(pipeline)
     dedupe.register(pipeline)
     deliver.register(pipeline)
+    watchdog.register(pipeline)
     return pipeline
