@@ -29,7 +29,7 @@ test: bootstrap
 
 test-kafka4:
 	@PIPELINE_KAFKA_VERSIONS="$${PIPELINE_KAFKA_VERSIONS:-} $(KAFKA4_VERSION)" bash scripts/bootstrap
-	KAFKA_VERSION=$(KAFKA4_VERSION) $(BIN)/pytest $(PYTEST_FLAGS) -m e2e tests/e2e tests/test_topics.py
+	KAFKA_VERSION=$(KAFKA4_VERSION) $(BIN)/pytest $(PYTEST_FLAGS) tests/e2e tests/test_topics.py tests/test_devstack.py
 
 # All three run even when one fails, so one run shows every problem; the target fails if any did.
 lint: bootstrap
