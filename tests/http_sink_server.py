@@ -26,6 +26,9 @@ class Script:
     responses: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    delay: float = 0.0  # seconds each request takes
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     def delivered_hashes(self) -> list[str]:
         with self.lock:
@@ -38,6 +41,15 @@ def http_sink_server(script: Script) -> Iterator[str]:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
+            with script.lock:
+                script.in_flight += 1
+                script.max_in_flight = max(script.max_in_flight, script.in_flight)
+            try:
+                if script.delay:
+                    time.sleep(script.delay)
+            finally:
+                with script.lock:
+                    script.in_flight -= 1
             with script.lock:
                 status, headers = script.responses.pop(0) if script.responses else (200, {})
                 script.received.append(Received(time.monotonic(), status, json.loads(body), len(body)))

@@ -196,7 +196,7 @@ class SinkRunner:
         assert consumer is not None
         batch: list[Item] = []
         deadline: float | None = None
-        limit = self.settings.batch_size
+        limit = self.settings.batch_size * self._concurrency()
         while len(batch) < limit:
             if deadline is None:
                 timeout = self._idle_timeout()
@@ -225,7 +225,7 @@ class SinkRunner:
     async def _deliver(self, batch: list[Item]) -> None:
         """Write, tell the breaker how the sink did, route the failures, commit."""
         outcome = Outcome()
-        await self._write(batch, outcome)
+        await self._write_concurrently(batch, outcome)
         if outcome.retryable_failure:
             self.breaker.record_failure()
         elif outcome.success:
@@ -252,6 +252,22 @@ class SinkRunner:
         if outcome.failures:
             await self._route(outcome.failures, outcome.retry_after)
         await self._commit(batch)
+
+    def _concurrency(self) -> int:
+        """Requests in flight at once: the sink's cap while closed, a single probe otherwise."""
+        if self.breaker.state is BreakerState.CLOSED:
+            return self.settings.max_concurrent_requests
+        return 1
+
+    async def _write_concurrently(self, batch: list[Item], outcome: Outcome) -> None:
+        """Write the collected events as batch_size chunks, at most max_concurrent_requests at once.
+        The chunks are judged, routed and committed together, so the commit order is unaffected."""
+        size = self.settings.batch_size
+        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+        if len(chunks) == 1:
+            await self._write(chunks[0], outcome)
+            return
+        await asyncio.gather(*(self._write(chunk, outcome) for chunk in chunks))
 
     async def _write(self, items: list[Item], outcome: Outcome) -> None:
         records = [SinkRecord(event_hash=i.event_hash, body=i.record.value or b"") for i in items]

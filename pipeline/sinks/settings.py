@@ -19,6 +19,9 @@ class SinkSettings(BaseModel):
         None, ge=1, description="bandwidth limit of writes (live and retry together); none = unlimited"
     )
     max_events_per_sec: float | None = Field(None, gt=0, description="event rate limit of writes")
+    max_concurrent_requests: int = Field(
+        1, ge=1, le=64, description="writes to this sink in flight at once per worker (one while half-open)"
+    )
     retry_preset: str | None = Field(None, description="conservative | aggressive | patient")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     circuit_breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)

@@ -90,3 +90,58 @@ async def produce_events(stack: Stack, count: int, start_at: int = 0) -> None:
     from tests.support import produce
 
     await produce(stack.bootstrap, stack.ingest_topic, events(start_at, count))
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+async def test_concurrent_requests_per_sink_are_capped(stack: Stack, cap: int) -> None:
+    script = Script(delay=0.3)
+    with http_sink_server(script) as url:
+        await start(
+            stack,
+            HTTP_FAST,
+            TSDB_ENABLED="false",
+            HTTP_ENABLED="true",
+            HTTP_URL=url,
+            HTTP_BATCH_SIZE="10",
+            HTTP_LINGER_MS="200",
+            HTTP_MAX_CONCURRENT_REQUESTS=str(cap),
+        )
+        await produce_events(stack, 300)
+        stack.worker()
+        await poll(
+            lambda: asyncio.sleep(0, len(script.delivered_hashes())),
+            lambda n: n >= 300,
+            timeout=120,
+            what="all events at the HTTP sink",
+        )
+    assert script.max_in_flight == cap, f"at most {cap} requests in flight, saw {script.max_in_flight}"
+    assert len(set(script.delivered_hashes())) == 300 == len(script.delivered_hashes())
+
+
+async def test_event_rate_limit_holds_within_ten_percent(stack: Stack) -> None:
+    limit = 100.0  # events per second
+    script = Script()
+    with http_sink_server(script) as url:
+        await start(
+            stack,
+            HTTP_FAST,
+            TSDB_ENABLED="false",
+            HTTP_ENABLED="true",
+            HTTP_URL=url,
+            HTTP_BATCH_SIZE="20",
+            HTTP_MAX_EVENTS_PER_SEC=str(limit),
+        )
+        count = 800
+        await produce_events(stack, count)
+        stack.worker()
+        await poll(
+            lambda: asyncio.sleep(0, len(script.delivered_hashes())),
+            lambda n: n >= count,
+            timeout=120,
+            what="all events at the HTTP sink",
+        )
+    with script.lock:
+        received = [r for r in script.received if r.status == 200]
+    elapsed = received[-1].at - received[0].at
+    rate = sum(len(r.events) for r in received[1:]) / elapsed
+    assert abs(rate - limit) / limit < 0.10, f"measured {rate:.1f} events/s against a limit of {limit}"
