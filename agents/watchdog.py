@@ -1,11 +1,12 @@
 """Commit watchdog for the Faust agents (ingest, dedupe).
 
-Our agents ack every event they receive, in order, once what it caused is durable. So on a partition
-the acked offsets always run on from the committed offset. If Faust ever loses the event AT the
-committed offset (seen under load when a worker restarts after SIGKILL and recovers its table), every
-later ack piles up behind it and the partition's commit never moves again. The watchdog notices a head
-gap that persists and seeks that partition back to its committed offset: the events are read again,
-the dedupe table recognises the ones already forwarded, and the commit moves on. Nothing is skipped.
+Our agents ack every event they receive, in order, once what it caused is durable, and they only
+produce to Kafka, so their commits move every second while there is work. If Faust ever fails to hand
+some events to an agent (seen under load when a worker restarts after SIGKILL and recovers its table),
+the partition's commit stops moving while its high-water mark is ahead. The watchdog notices a commit
+that has not moved for STALL_SEC with events waiting, and seeks that partition back to its committed
+offset: the events are read again (the dedupe table recognises the ones already forwarded), and the
+commit moves on. Nothing is skipped; a false alarm only costs a re-read.
 """
 
 from __future__ import annotations
@@ -26,39 +27,45 @@ STALL_SEC = 20.0
 def register(pipeline: Pipeline) -> None:
     app = pipeline.app
     changelog = pipeline.catalog.dedupe_changelog.name
-    first_seen: dict[tuple[Any, int], float] = {}
+    # tp -> (committed offset, when it was first seen at that value)
+    seen: dict[Any, tuple[int, float]] = {}
 
     async def commit_watchdog() -> None:
         consumer: Any = app.consumer
-        acked_by_tp = getattr(consumer, "_acked", None)
         committed_by_tp = getattr(consumer, "_committed_offset", None)
-        if acked_by_tp is None or committed_by_tp is None:
-            return
+        recovery = getattr(getattr(app, "tables", None), "recovery", None)
+        completed = getattr(recovery, "completed", None)
+        if committed_by_tp is None or (completed is not None and not completed.is_set()):
+            return  # Faust is recovering tables: it positions the partitions itself
         now = time.monotonic()
-        stalled_now: set[tuple[Any, int]] = set()
-        for tp in list(consumer.assignment()):
-            if tp.topic == changelog:
-                continue
-            acked = acked_by_tp.get(tp)
+        assigned = {tp for tp in consumer.assignment() if tp.topic != changelog}
+        for tp in list(seen):
+            if tp not in assigned:
+                del seen[tp]
+        for tp in assigned:
             committed = committed_by_tp.get(tp)
-            if not acked or committed is None or min(acked) <= committed:
+            highwater = consumer.highwater(tp)
+            if committed is None or highwater is None or highwater <= committed:
+                seen.pop(tp, None)  # caught up (or nothing known yet)
                 continue
-            key = (tp, committed)
-            stalled_now.add(key)
-            since = first_seen.setdefault(key, now)
+            last, since = seen.get(tp, (committed, now))
+            if last != committed:
+                seen[tp] = (committed, now)  # the commit moved: progress
+                continue
+            seen[tp] = (last, since)
             if now - since < STALL_SEC:
                 continue
+            acked = getattr(consumer, "_acked", {}).get(tp) or []
             log.warning(
-                "commit stalled behind a lost event; reading the partition again",
+                "commit stalled; reading the partition again from its committed offset",
                 topic=tp.topic,
                 partition=tp.partition,
                 committed=committed,
-                first_acked=min(acked),
+                highwater=highwater,
+                first_acked=min(acked) if acked else None,
                 stalled_sec=round(now - since, 1),
             )
             await consumer.seek(tp, committed)
-            first_seen.pop(key, None)
-        for key in set(first_seen) - stalled_now:
-            first_seen.pop(key, None)
+            seen[tp] = (committed, now)
 
     app.timer(CHECK_EVERY_SEC, name="commit-watchdog")(commit_watchdog)
