@@ -53,6 +53,7 @@ def _credentials(settings: Settings) -> Any:
 
 def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
     from agents import dedupe, deliver, ingest, watchdog
+    from agents.consumer import GaplessConsumer
 
     app = faust.App(
         settings.app_id,
@@ -83,6 +84,9 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         web_port=settings.web_port,
         web_in_thread=False,
     )
+    # Our commit rule (never past an offset no agent acked): see agents/consumer.py.
+    transport: Any = app.transport
+    transport.Consumer = GaplessConsumer
     pipeline = Pipeline(app=app, settings=settings, catalog=catalog)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]

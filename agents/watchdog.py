@@ -1,12 +1,18 @@
 """Commit watchdog for the Faust agents (ingest, dedupe).
 
-Our agents ack every event they receive, in order, once what it caused is durable, and they only
-produce to Kafka, so their commits move every second while there is work. If Faust ever fails to hand
-some events to an agent (seen under load when a worker restarts after SIGKILL and recovers its table),
-the partition's commit stops moving while its high-water mark is ahead. The watchdog notices a commit
-that has not moved for STALL_SEC with events waiting, and seeks that partition back to its committed
-offset: the events are read again (the dedupe table recognises the ones already forwarded), and the
-commit moves on. Nothing is skipped; a false alarm only costs a re-read.
+The commit rule (pipeline.commits, agents.consumer) never passes an offset no agent acked. Two things can
+leave an offset unacked without an agent ever seeing it, and the watchdog settles both with the broker:
+
+- Suspected gaps: Faust's fetch loop reports offsets it jumped over. A transaction marker or a compacted
+  record is a real gap (the broker returns the next record after it); those offsets are acked as empty
+  at once, so transactional producers do not hold the commit back. Skipped records are read again at once.
+- Stalls: Faust's fetch loop can drop records (seen when a worker restarts after SIGKILL under load).
+  Our agents ack what they receive within about a second, so a commit that has not moved for STALL_SEC
+  while records wait means such a drop. If the broker holds a record at the committed offset, the
+  partition is read again from there (the dedupe table recognises events already forwarded);
+  otherwise the offsets up to the next record are acked as empty.
+
+Nothing is skipped; a false alarm only costs a re-read.
 """
 
 from __future__ import annotations
@@ -15,35 +21,81 @@ import time
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError
 
 from agents.app import Pipeline
+from agents.consumer import GaplessConsumer
+from pipeline.observability.lag import RecordProbe
 
 log = structlog.get_logger("pipeline.watchdog")
 
 CHECK_EVERY_SEC = 5.0
-STALL_SEC = 20.0
+STALL_SEC = 15.0
+PROBE_ERRORS = (TimeoutError, OSError, KafkaError)
 
 
 def register(pipeline: Pipeline) -> None:
     app = pipeline.app
+    kafka = pipeline.settings.kafka
     changelog = pipeline.catalog.dedupe_changelog.name
+    probe = RecordProbe(kafka.bootstrap_servers, client_id=f"{kafka.client_id}-watchdog", **kafka.client_kwargs())
     # tp -> (committed offset, when it was first seen at that value)
     seen: dict[Any, tuple[int, float]] = {}
 
+    async def verify_gaps() -> None:
+        consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
+        while True:
+            gap = await consumer.suspected_gaps.get()
+            tp = gap.tp
+            try:
+                first = await probe.first_record(tp.topic, tp.partition, gap.start)
+            except Exception as exc:  # the stall check settles it later; never kill the worker
+                log.warning("could not check a gap with the broker; the stall check will", error=repr(exc))
+                continue
+            if first is not None and first >= gap.end:
+                consumer.ack_empty(tp, gap.start, gap.end)
+                continue
+            log.warning(
+                "records skipped by the fetch loop; reading the partition again from the first one",
+                topic=tp.topic,
+                partition=tp.partition,
+                first_skipped=first,
+                next_seen=gap.end,
+            )
+            try:
+                await consumer.seek(tp, gap.start)
+            except Exception as exc:  # revoked meanwhile, or stopping: the stall check settles it later
+                log.warning("could not seek back to skipped records", error=repr(exc))
+
+    async def unstick(consumer: GaplessConsumer, tp: Any, committed: int, highwater: int, stalled: float) -> None:
+        first = await probe.first_record(tp.topic, tp.partition, committed)
+        fields = {"topic": tp.topic, "partition": tp.partition, "committed": committed, "highwater": highwater}
+        if first == committed:
+            log.warning(
+                "commit stalled on a record never processed; reading the partition again from it",
+                stalled_sec=round(stalled, 1),
+                **fields,
+            )
+            await consumer.seek(tp, committed)
+            return
+        empty_to = highwater if first is None else first
+        log.info("commit stalled on offsets without records; acking them as empty", empty_to=empty_to, **fields)
+        consumer.ack_empty(tp, committed, empty_to)
+
     async def commit_watchdog() -> None:
-        consumer: Any = app.consumer
-        committed_by_tp = getattr(consumer, "_committed_offset", None)
+        consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
         recovery = getattr(getattr(app, "tables", None), "recovery", None)
         completed = getattr(recovery, "completed", None)
-        if committed_by_tp is None or (completed is not None and not completed.is_set()):
+        if completed is not None and not completed.is_set():
             return  # Faust is recovering tables: it positions the partitions itself
+        await consumer.ensure_baselines()
         now = time.monotonic()
         assigned = {tp for tp in consumer.assignment() if tp.topic != changelog}
         for tp in list(seen):
             if tp not in assigned:
                 del seen[tp]
         for tp in assigned:
-            committed = committed_by_tp.get(tp)
+            committed = consumer._committed_offset.get(tp)
             highwater = consumer.highwater(tp)
             if committed is None or highwater is None or highwater <= committed:
                 seen.pop(tp, None)  # caught up (or nothing known yet)
@@ -55,17 +107,17 @@ def register(pipeline: Pipeline) -> None:
             seen[tp] = (last, since)
             if now - since < STALL_SEC:
                 continue
-            acked = getattr(consumer, "_acked", {}).get(tp) or []
-            log.warning(
-                "commit stalled; reading the partition again from its committed offset",
-                topic=tp.topic,
-                partition=tp.partition,
-                committed=committed,
-                highwater=highwater,
-                first_acked=min(acked) if acked else None,
-                stalled_sec=round(now - since, 1),
-            )
-            await consumer.seek(tp, committed)
-            seen[tp] = (committed, now)
+            try:
+                await unstick(consumer, tp, committed, highwater, now - since)
+            except PROBE_ERRORS as exc:
+                log.warning(
+                    "commit watchdog could not probe the broker", topic=tp.topic, partition=tp.partition, error=str(exc)
+                )
+            seen[tp] = (committed, time.monotonic())
 
     app.timer(CHECK_EVERY_SEC, name="commit-watchdog")(commit_watchdog)
+    app.task(verify_gaps)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _close_probe(sender: Any, **_: Any) -> None:
+        await probe.close()

@@ -16,6 +16,7 @@ from pipeline.observability.lag import group_lag, topic_size
 from pipeline.reliability.policies import tier_label
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
+from tests.e2e.trace import where_are_they
 from tests.faults import FaultProxy
 from tests.http_sink_server import Script, http_sink_server
 from tests.support import count_rows, fetch, poll, produce, read_topic, run_cli
@@ -79,6 +80,8 @@ async def wait_delivered(stack: Stack, rows: int, timeout: float = 120) -> None:
     except AssertionError:
         for worker in stack.workers:
             print(f"--- {worker.name} ---\n{worker.tail(60)}")
+        topics = [stack.ingest_topic, f"{stack.ingest_topic}.by-hash", stack.sink_topic(), *tier_topics(stack)]
+        print(await where_are_they(stack, [*topics, stack.sink_topic() + ".dlq"]))
         raise
 
 
@@ -193,11 +196,6 @@ async def test_http_429_retry_after_is_honoured(stack: Stack) -> None:
     assert await topic_size(stack.bootstrap, f"{stack.prefix}sink.http.dlq") == 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky (issue 3 left open): after two SIGKILLs some events sometimes stay upstream of delivery "
-    "(ingest/dedupe) past the deadline; being investigated, see the session's closing note",
-)
 async def test_sigkill_while_events_wait_in_a_retry_tier_and_move_to_the_dlq(stack: Stack, proxy: FaultProxy) -> None:
     never_open = {"TSDB_FAILURE_THRESHOLD": "100000", "TSDB_MINIMUM_REQUESTS": "100000"}
     slow_tiers = {"TSDB_INITIAL_BACKOFF_MS": "3000", "TSDB_MAX_BACKOFF_MS": "3000", "TSDB_MAX_RETRIES": "20"}

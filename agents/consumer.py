@@ -1,0 +1,81 @@
+"""Faust's aiokafka consumer with the commit rule of pipeline.commits: never past an offset no agent acked.
+
+Installed on the app's transport by agents.app.build_app. It overrides three methods of
+faust-streaming 0.15 (pinned below 0.16 for this reason; re-check them on upgrade):
+- `_add_gap`: Faust would mark offsets its fetch loop skipped as acked; here they stay missing until
+  the broker shows they hold no record (the watchdog checks each suspected gap).
+- `_new_offset`: the commit moves only over consecutive acked offsets starting at the committed one.
+- `perform_seek`: after every assignment, a partition the group never committed gets the partition's
+  earliest offset as its baseline, so the rule also holds before the first commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NamedTuple
+
+import structlog
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
+from faust.types import TP
+
+from pipeline.commits import committable
+
+log = structlog.get_logger("pipeline.commits")
+
+
+class SuspectedGap(NamedTuple):
+    tp: TP
+    start: int  # first offset not seen
+    end: int  # the offset seen next
+
+
+class GaplessConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # Faust read `offset_to` right after `offset_from - 1`. The offsets in between either never held a
+        # record (transaction markers, compaction) or were skipped by its fetch loop; the broker decides
+        # which (agents.watchdog), and only empty offsets are acked.
+        if offset_from < offset_to:
+            self.suspected_gaps.put_nowait(SuspectedGap(tp, offset_from, offset_to))
+
+    @property
+    def suspected_gaps(self) -> asyncio.Queue[SuspectedGap]:
+        queue: asyncio.Queue[SuspectedGap] | None = getattr(self, "_suspected_gaps", None)
+        if queue is None:
+            queue = asyncio.Queue()
+            self._suspected_gaps = queue
+        return queue
+
+    def ack_empty(self, tp: TP, start: int, end: int) -> None:
+        """Ack offsets [start, end) the broker showed to hold no record."""
+        index, acked = self._acked_index[tp], self._acked[tp]
+        for offset in range(start, end):
+            if offset not in index:
+                index.add(offset)
+                acked.append(offset)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked: list[int] = self._acked[tp]
+        if not acked:
+            return None
+        acked.sort()
+        offset, used = committable(acked, self._committed_offset[tp])
+        if used:
+            self._acked_index[tp].difference_update(acked[:used])
+            del acked[:used]
+        return offset
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        await self.ensure_baselines()
+
+    async def ensure_baselines(self) -> None:
+        """Give every assigned, never-committed partition its earliest offset as the committed baseline."""
+        unknown = [
+            tp for tp in self.assignment() if self._committed_offset.get(tp) is None and not self._is_changelog_tp(tp)
+        ]
+        if not unknown:
+            return
+        earliest: dict[Any, int] = dict(await self.earliest_offsets(*unknown))
+        for tp in unknown:
+            if self._committed_offset.get(tp) is None and tp in earliest:
+                self._committed_offset[tp] = earliest[tp]
