@@ -38,9 +38,9 @@ from typing import Any
 import httpx
 import structlog
 
-from pipeline.reliability.retry_after import parse_retry_after
-from pipeline.sinks.base import FatalSinkError, RetryableSinkError, Sink, SinkRecord, SinkTimeout, SinkUnavailable
+from pipeline.sinks.base import FatalSinkError, Sink, SinkRecord, SinkUnavailable
 from pipeline.sinks.http.config import HttpSinkSettings
+from pipeline.sinks.httpx_errors import close_quietly, excerpt, raise_for_status, transport_errors
 
 log = structlog.get_logger(__name__)
 
@@ -106,21 +106,15 @@ class HttpSink(Sink):
         if client is None or not url:
             raise SinkUnavailable(f"sink {self.name} is not open")
         content, headers = self.request_parts(batch)
-        try:
+        with transport_errors("http request", self._redact):
             response = await client.post(url, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise SinkTimeout(self._redact(f"http timeout: {type(exc).__name__}")) from exc
-        except httpx.HTTPError as exc:
-            raise SinkUnavailable(self._redact(f"http request failed: {type(exc).__name__}: {exc}")) from exc
         status = response.status_code
         if self.settings.is_success(status):
             return len(batch)
-        excerpt = _excerpt(response)
-        message = self._redact(f"http {status} {response.reason_phrase}" + (f": {excerpt}" if excerpt else ""))
-        if self.settings.retry.is_retryable_status(status):
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            raise RetryableSinkError(message, retry_after=retry_after)
-        raise FatalSinkError(message)
+        body = excerpt(response, BODY_IN_ERROR)
+        message = self._redact(f"http {status} {response.reason_phrase}" + (f": {body}" if body else ""))
+        raise_for_status(response, message, self.settings.retry.is_retryable_status)
+        return 0  # unreachable: raise_for_status always raises
 
     def request_parts(self, batch: list[SinkRecord]) -> tuple[bytes, dict[str, str]]:
         """The exact body bytes and the per-request headers of a batch (the client adds the static ones)."""
@@ -153,11 +147,7 @@ class HttpSink(Sink):
 
     async def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.aclose()
-            except Exception:  # close must not raise
-                log.warning("http sink close failed", sink=self.name, exc_info=True)
+        await close_quietly(client, self.name)
 
     async def health(self) -> dict[str, Any]:
         return {"sink": self.name, "ok": self._client is not None}
@@ -183,15 +173,6 @@ def signature(key: bytes, body: bytes) -> str:
 def _entry(record: SinkRecord) -> bytes:
     # {"event_hash": "...", "event": <canonical body>} without re-encoding the body.
     return b'{"event_hash":"' + record.event_hash.encode() + b'","event":' + record.body + b"}"
-
-
-def _excerpt(response: httpx.Response) -> str:
-    try:
-        text = response.text
-    except Exception:  # an undecodable body must not hide the status
-        return "<undecodable body>"
-    text = " ".join(text.split())
-    return text if len(text) <= BODY_IN_ERROR else text[:BODY_IN_ERROR] + "..."
 
 
 def _secret_strings(settings: HttpSinkSettings, key: bytes | None) -> list[str]:

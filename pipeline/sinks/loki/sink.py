@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 import structlog
 
-from pipeline.reliability.retry_after import parse_retry_after
-from pipeline.sinks.base import FatalSinkError, RetryableSinkError, Sink, SinkRecord, SinkTimeout, SinkUnavailable
+from pipeline.sinks.base import FatalSinkError, Sink, SinkRecord, SinkUnavailable
+from pipeline.sinks.httpx_errors import close_quietly, excerpt, raise_for_status, retry_after, transport_errors
 from pipeline.sinks.loki.config import LokiSinkSettings
 from pipeline.sinks.loki.push import (
     Entry,
@@ -119,24 +119,19 @@ class LokiSink(Sink):
         """GET /ready: unreachable or 503 (Loki starting) fails the open (the runner retries it); any
         other answer, 404 from a gateway included, lets the writes decide."""
         url = self.settings.base_url() + "/ready"
-        try:
+        with transport_errors("loki /ready"):
             response = await client.get(url)
-        except httpx.TimeoutException as exc:
-            raise SinkTimeout(f"loki /ready timed out: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:
-            raise SinkUnavailable(f"loki unreachable: {type(exc).__name__}: {exc}") from exc
         if response.status_code == 503:
-            raise SinkUnavailable(f"loki not ready: {_text(response)}", retry_after=_retry_after(response))
+            raise SinkUnavailable(
+                f"loki not ready: {(excerpt(response, MESSAGE_LIMIT) or response.reason_phrase)}",
+                retry_after=retry_after(response),
+            )
         if response.status_code != 200:
             log.info("loki /ready check inconclusive", sink=self.name, status=response.status_code)
 
     async def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.aclose()
-            except Exception:  # close must not raise
-                log.warning("closing the loki client failed", sink=self.name, exc_info=True)
+        await close_quietly(client, self.name)
 
     async def health(self) -> dict[str, Any]:
         return {
@@ -177,27 +172,15 @@ class LokiSink(Sink):
         return len(batch)
 
     async def _send(self, client: httpx.AsyncClient, content: bytes, headers: dict[str, str]) -> None:
-        try:
+        with transport_errors("loki push"):
             response = await client.post(self._push_url, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise SinkTimeout(f"loki push timed out: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:
-            raise SinkUnavailable(f"loki push failed: {type(exc).__name__}: {exc}") from exc
         self.pushes += 1
         self.last_push_at = time.time()
         status = response.status_code
         if 200 <= status < 300:
             return
-        message = f"loki {status}: {_text(response)}"
-        if self.settings.retry.is_retryable_status(status):
-            raise RetryableSinkError(message, retry_after=_retry_after(response))
-        raise FatalSinkError(message)
-
-
-def _text(response: httpx.Response) -> str:
-    text = response.text.strip()
-    return text[:MESSAGE_LIMIT] + ("..." if len(text) > MESSAGE_LIMIT else "") if text else response.reason_phrase
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    return parse_retry_after(response.headers.get("retry-after"))
+        raise_for_status(
+            response,
+            f"loki {status}: {(excerpt(response, MESSAGE_LIMIT) or response.reason_phrase)}",
+            self.settings.retry.is_retryable_status,
+        )
