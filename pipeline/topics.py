@@ -978,22 +978,15 @@ class _Admin:
             async with asyncio.timeout(self.request_timeout_s):
                 await self.client.start()
         except TimeoutError as exc:
-            reason = f"no answer within {self.request_timeout_s:g}s"
-            raise TopicsBrokerError(
-                f"cannot reach Kafka at {self.bootstrap}: {reason}",
-                self.bootstrap,
-                unreachable=True,
-                reason=reason,
-            ) from exc
+            raise self._unreachable(f"no answer within {self.request_timeout_s:g}s") from exc
         except (KafkaError, OSError) as exc:
             # aiokafka's bootstrap error lists resolved socket addresses; the kind of error says enough.
-            reason = f"no broker answered ({type(exc).__name__})"
-            raise TopicsBrokerError(
-                f"cannot reach Kafka at {self.bootstrap}: {reason}",
-                self.bootstrap,
-                unreachable=True,
-                reason=reason,
-            ) from exc
+            raise self._unreachable(f"no broker answered ({type(exc).__name__})") from exc
+
+    def _unreachable(self, reason: str) -> TopicsBrokerError:
+        return TopicsBrokerError(
+            f"cannot reach Kafka at {self.bootstrap}: {reason}", self.bootstrap, unreachable=True, reason=reason
+        )
 
     async def close(self) -> None:
         try:

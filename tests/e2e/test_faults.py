@@ -23,19 +23,25 @@ from tests.support import count_rows, fetch, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-FAST = {
-    "TSDB_BATCH_SIZE": "100",
-    "TSDB_LINGER_MS": "50",
-    "TSDB_MAX_RETRIES": "5",
-    "TSDB_INITIAL_BACKOFF_MS": "200",
-    "TSDB_MAX_BACKOFF_MS": "1000",
-    "TSDB_JITTER_FACTOR": "0.2",
-    "TSDB_TIMEOUT_MS": "2000",
-    "TSDB_FAILURE_THRESHOLD": "3",
-    "TSDB_OPEN_DURATION_SEC": "2",
-    "TSDB_SUCCESS_THRESHOLD": "1",
-    "TSDB_HALF_OPEN_MAX_INFLIGHT": "1",
-}
+
+def fast(sink: str = "TSDB") -> dict[str, str]:
+    """Small batches, short backoffs and a quick breaker for the sink with env prefix `sink`."""
+    return {
+        f"{sink}_BATCH_SIZE": "100",
+        f"{sink}_LINGER_MS": "50",
+        f"{sink}_MAX_RETRIES": "5",
+        f"{sink}_INITIAL_BACKOFF_MS": "200",
+        f"{sink}_MAX_BACKOFF_MS": "1000",
+        f"{sink}_JITTER_FACTOR": "0.2",
+        f"{sink}_TIMEOUT_MS": "2000",
+        f"{sink}_FAILURE_THRESHOLD": "3",
+        f"{sink}_OPEN_DURATION_SEC": "2",
+        f"{sink}_SUCCESS_THRESHOLD": "1",
+        f"{sink}_HALF_OPEN_MAX_INFLIGHT": "1",
+    }
+
+
+FAST = fast()
 
 
 def through(dsn: str, proxy: FaultProxy) -> str:

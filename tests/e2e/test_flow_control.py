@@ -9,26 +9,28 @@ import pytest
 
 from pipeline.observability.lag import topic_size
 from tests.e2e.conftest import Stack
-from tests.e2e.test_faults import FAST, events, start, through, wait_delivered
+from tests.e2e.test_faults import FAST, events, fast, start, through, wait_delivered
 from tests.faults import FaultProxy
 from tests.http_sink_server import Script, http_sink_server
 from tests.support import count_rows, poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-HTTP_FAST = {k.replace("TSDB_", "HTTP_"): v for k, v in FAST.items()}
+HTTP_FAST = fast("HTTP")
+
+
+async def start_http_only(stack: Stack, url: str, **env: str) -> None:
+    """Topics for a stack whose only sink is the HTTP sink at `url`, with fast retry settings."""
+    await start(stack, HTTP_FAST, TSDB_ENABLED="false", HTTP_ENABLED="true", HTTP_URL=url, **env)
 
 
 async def test_bandwidth_limit_holds_within_ten_percent_over_a_narrow_link(stack: Stack) -> None:
     limit = 64 * 1024
     script = Script()
     with http_sink_server(script) as url:
-        await start(
+        await start_http_only(
             stack,
-            HTTP_FAST,
-            TSDB_ENABLED="false",
-            HTTP_ENABLED="true",
-            HTTP_URL=url,
+            url,
             HTTP_BATCH_SIZE="40",
             HTTP_FLUSH_BANDWIDTH_BYTES_PER_SEC=str(limit),
         )
@@ -96,12 +98,9 @@ async def produce_events(stack: Stack, count: int, start_at: int = 0) -> None:
 async def test_concurrent_requests_per_sink_are_capped(stack: Stack, cap: int) -> None:
     script = Script(delay=0.3)
     with http_sink_server(script) as url:
-        await start(
+        await start_http_only(
             stack,
-            HTTP_FAST,
-            TSDB_ENABLED="false",
-            HTTP_ENABLED="true",
-            HTTP_URL=url,
+            url,
             HTTP_BATCH_SIZE="10",
             HTTP_LINGER_MS="200",
             HTTP_MAX_CONCURRENT_REQUESTS=str(cap),
@@ -122,12 +121,9 @@ async def test_event_rate_limit_holds_within_ten_percent(stack: Stack) -> None:
     limit = 100.0  # events per second
     script = Script()
     with http_sink_server(script) as url:
-        await start(
+        await start_http_only(
             stack,
-            HTTP_FAST,
-            TSDB_ENABLED="false",
-            HTTP_ENABLED="true",
-            HTTP_URL=url,
+            url,
             HTTP_BATCH_SIZE="20",
             HTTP_MAX_EVENTS_PER_SEC=str(limit),
         )

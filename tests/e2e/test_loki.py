@@ -22,27 +22,13 @@ from pipeline.sinks.base import RetryableSinkError, SinkRecord
 from pipeline.sinks.loki.config import LokiSinkSettings
 from pipeline.sinks.loki.sink import LokiSink
 from tests.e2e.conftest import Stack
+from tests.e2e.test_faults import fast
 from tests.loki_server import Forced, LokiServer, loki_server
 from tests.support import poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-FAST = {
-    "TSDB_ENABLED": "false",
-    "LOKI_ENABLED": "true",
-    "LOKI_BATCH_SIZE": "100",
-    "LOKI_LINGER_MS": "50",
-    "LOKI_MAX_RETRIES": "5",
-    "LOKI_INITIAL_BACKOFF_MS": "200",
-    "LOKI_MAX_BACKOFF_MS": "1000",
-    "LOKI_JITTER_FACTOR": "0.2",
-    "LOKI_TIMEOUT_MS": "2000",
-    "LOKI_FAILURE_THRESHOLD": "3",
-    "LOKI_OPEN_DURATION_SEC": "2",
-    "LOKI_SUCCESS_THRESHOLD": "1",
-    "LOKI_HALF_OPEN_MAX_INFLIGHT": "1",
-    "LOKI_EVENT_LABEL_ALLOWLIST": "deck",
-}
+FAST = {"TSDB_ENABLED": "false", "LOKI_ENABLED": "true", **fast("LOKI"), "LOKI_EVENT_LABEL_ALLOWLIST": "deck"}
 # Event timestamps: recent (real Loki rejects samples older than a week or newer than now + 10 minutes).
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
 
