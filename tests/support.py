@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,11 +125,11 @@ class Record:
     headers: dict[str, bytes]
 
 
-async def produce(
-    bootstrap: str,
-    topic: str,
-    messages: list[tuple[int | None, bytes | None, bytes | None, list[tuple[str, bytes]]]],
-) -> None:
+Message = tuple[int | None, bytes | None, bytes | None, list[tuple[str, bytes]]]
+"""(partition, key, value, headers) of a record to produce."""
+
+
+async def produce(bootstrap: str, topic: str, messages: Sequence[Message]) -> None:
     """Send (partition, key, value, headers) tuples with acks=all and wait for all of them."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024)
     await producer.start()

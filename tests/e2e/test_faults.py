@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Set
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -19,7 +20,7 @@ from tests.e2e.events_gen import event
 from tests.e2e.trace import where_are_they
 from tests.faults import FaultProxy
 from tests.http_sink_server import Script, http_sink_server
-from tests.support import count_rows, fetch, poll, produce, read_topic, run_cli
+from tests.support import Message, count_rows, fetch, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -50,10 +51,8 @@ def through(dsn: str, proxy: FaultProxy) -> str:
     return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
 
 
-def events(
-    start: int, count: int, poison: set[int] = frozenset()
-) -> list[tuple[int | None, bytes | None, bytes, list[tuple[str, bytes]]]]:  # type: ignore[assignment]
-    out = []
+def events(start: int, count: int, poison: Set[int] = frozenset()) -> list[Message]:
+    out: list[Message] = []
     for n in range(start, start + count):
         body = event(n)
         if n in poison:

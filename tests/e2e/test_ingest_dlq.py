@@ -74,9 +74,9 @@ async def test_malformed_messages_go_to_the_ingest_dlq_with_reasons(stack: Stack
     by_name = {r.key.decode(): r for r in dead if r.key}
     assert sorted(by_name) == sorted(BAD), f"DLQ keys: {sorted(by_name)}"
     assert len(dead) == len(BAD)
-    for name, (raw, reason) in BAD.items():
+    for name, (sent, reason) in BAD.items():
         record = by_name[name]
-        assert record.value == (raw if raw is not None else None) or (raw is None and not record.value), name
+        assert record.value == sent or (sent is None and not record.value), name
         assert record.headers[h.ERROR_REASON].decode() == reason, (name, record.headers)
         assert record.headers[h.ERROR_MESSAGE], name
         assert record.headers[h.ORIGIN_TOPIC].decode() == stack.ingest_topic

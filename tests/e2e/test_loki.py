@@ -24,7 +24,7 @@ from pipeline.sinks.loki.sink import LokiSink
 from tests.e2e.conftest import Stack
 from tests.e2e.test_faults import fast
 from tests.loki_server import Forced, LokiServer, loki_server
-from tests.support import poll, produce, read_topic, run_cli
+from tests.support import Message, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -33,8 +33,6 @@ FAST = {"TSDB_ENABLED": "false", "LOKI_ENABLED": "true", **fast("LOKI"), "LOKI_E
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
 
 REAL_LOKI = os.environ.get("LOKI_URL") or None
-
-Message = tuple[int | None, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
 def event(n: int, *, source: str = "vessel", at: datetime | None = None) -> dict[str, Any]:
@@ -109,7 +107,9 @@ async def test_every_event_exactly_once_in_loki(stack: Stack, encoding: str) -> 
     with loki_server() as server:
         await start(stack, LOKI_URL=server.url, LOKI_ENCODING=encoding, LOKI_TENANT_ID="team-a", **auth)
         unique = messages(range(2000))
-        duplicates = [(None, b"dup", value, []) for _, _, value, _ in unique[::4]]  # 500 copies, other partitions
+        duplicates: list[Message] = [
+            (None, b"dup", value, []) for _, _, value, _ in unique[::4]
+        ]  # 500 copies, other partitions
         await produce(stack.bootstrap, stack.ingest_topic, unique + duplicates)
         worker = stack.worker()
         await wait_stored(stack, server, 2000)
