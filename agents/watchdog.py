@@ -79,7 +79,15 @@ def register(pipeline: Pipeline) -> None:
             await consumer.seek(tp, committed)
             return
         empty_to = highwater if first is None else first
-        log.info("commit stalled on offsets without records; acking them as empty", empty_to=empty_to, **fields)
+        earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
+        if earliest > committed:
+            log.error(
+                "records deleted by the topic's retention before they were processed; raise its retention",
+                deleted=min(earliest, empty_to) - committed,
+                **fields,
+            )
+        else:
+            log.info("commit stalled on offsets without records; acking them as empty", empty_to=empty_to, **fields)
         consumer.ack_empty(tp, committed, empty_to)
 
     async def commit_watchdog() -> None:

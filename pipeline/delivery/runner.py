@@ -34,6 +34,7 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline import headers as h
 from pipeline.config import KafkaSettings
+from pipeline.delivery.expiry import ExpiryWatch
 from pipeline.delivery.routing import Attempts, Route, failure_headers, route_failure
 from pipeline.observability import metrics
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
@@ -97,6 +98,7 @@ class SinkRunner:
         self.tier_topics = [spec.name for spec in catalog.sink_retry(self.name)]
         self.dlq_topic = catalog.sink_dlq(self.name).name
         self.holds: dict[TopicPartition, int] = {}  # retry-tier partition -> due epoch ms of its head
+        self.expiry = ExpiryWatch(self.name)
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self._gate_closed = False
@@ -170,6 +172,7 @@ class SinkRunner:
             self._close_gate()
             wait = self.breaker.seconds_until_half_open() or IDLE_POLL_S
             returned = await consumer.getmany(timeout_ms=int(min(wait, IDLE_POLL_S) * 1000))
+            self._fetched(returned)
             self._rewind_records(returned)
             return
         batch: list[Item] = []
@@ -207,6 +210,7 @@ class SinkRunner:
             data = await consumer.getmany(timeout_ms=max(0, int(timeout * 1000)), max_records=limit - len(batch))
             if not data:
                 break
+            self._fetched(data)
             for tp, records in data.items():
                 if tp.topic in self.tier_topics:
                     records = self._hold_not_due(tp, records)
@@ -214,6 +218,16 @@ class SinkRunner:
             if deadline is None and batch:
                 deadline = time.monotonic() + self.settings.linger_ms / 1000
         return batch
+
+    def _fetched(self, data: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        for tp, records in data.items():
+            if records:
+                self.expiry.read(tp, records[0].offset, records[-1].offset)
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        assert self.consumer is not None
+        self.consumer.seek(tp, offset)
+        self.expiry.moved(tp, offset)
 
     def _item(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> Item:
         headers = list(record.headers or ())
@@ -377,7 +391,7 @@ class SinkRunner:
                 due = 0
             if due > now_ms:
                 assert self.consumer is not None
-                self.consumer.seek(tp, record.offset)
+                self._seek(tp, record.offset)
                 self.consumer.pause(tp)
                 self.holds[tp] = due
                 return records[:index]
@@ -428,7 +442,7 @@ class SinkRunner:
         assigned = consumer.assignment()
         for tp, offset in first.items():
             if tp in assigned:
-                consumer.seek(tp, offset)
+                self._seek(tp, offset)
 
     def _rewind_records(self, data: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         if data:
@@ -448,8 +462,16 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.runner.lock:
             for tp in revoked:
                 self.runner.holds.pop(tp, None)
+                self.runner.expiry.moved(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.runner.consumer
+        if consumer is not None:
+            for tp in assigned:
+                try:
+                    self.runner.expiry.moved(tp, await consumer.committed(tp))
+                except KafkaError:
+                    self.runner.expiry.moved(tp, None)  # unknown: the first fetch sets it
         by_topic: dict[str, list[int]] = {}
         for tp in assigned:
             by_topic.setdefault(tp.topic, []).append(tp.partition)

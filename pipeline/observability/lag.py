@@ -31,6 +31,17 @@ async def topic_size(bootstrap: str, topic: str, **client_kwargs: Any) -> int:
         await consumer.stop()
 
 
+async def topic_ends(bootstrap: str, topic: str, **client_kwargs: Any) -> dict[int, int]:
+    """End offset of every partition of `topic` (empty when the topic does not exist)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **client_kwargs)
+    await consumer.start()
+    try:
+        tps = await _partitions(consumer, topic)
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()} if tps else {}
+    finally:
+        await consumer.stop()
+
+
 async def group_lag(bootstrap: str, group: str, topic: str, **client_kwargs: Any) -> int | None:
     """Records of `topic` the consumer group has not committed yet; None while it has committed
     nothing on a non-empty partition."""

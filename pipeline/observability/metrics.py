@@ -29,6 +29,12 @@ EXPIRED = Counter(
 SINK_WRITTEN = Counter(
     "pipeline_sink_events_written_total", "Events written to a sink (new rows)", ["sink"], registry=REGISTRY
 )
+SINK_EXPIRED = Counter(
+    "pipeline_sink_events_expired_total",
+    "Events deleted by a sink or retry topic's retention before they were delivered",
+    ["sink"],
+    registry=REGISTRY,
+)
 SINK_ERRORS = Counter("mship_sink_error_total", "Failed sink writes", ["sink", "error"], registry=REGISTRY)
 SINK_TIMEOUTS = Counter("mship_sink_timeout_total", "Sink writes that timed out", ["sink"], registry=REGISTRY)
 SINK_WRITE_SECONDS = Histogram(

@@ -130,3 +130,45 @@ async def test_transactional_producers_markers_do_not_hold_the_commit_back(stack
         timeout=45,
         what="the ingest commit past every transaction marker",
     )
+
+
+async def test_records_deleted_by_retention_before_processing_are_reported_and_passed(stack: Stack) -> None:
+    """A worker down longer than the ingest topic's retention: the records it never read are gone. The commit
+    must move past them (not stall forever) and the worker must say loudly that they were deleted."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    await apply_topics(stack)
+    first = stack.worker("first")
+    await produce(
+        stack.bootstrap, stack.ingest_topic, [(0, None, json.dumps(event(n)).encode(), []) for n in range(20)]
+    )
+    await wait_all_delivered(stack, 20, timeout=90)
+    await poll(
+        lambda: group_lag(stack.bootstrap, stack.app_id, stack.ingest_topic),
+        lambda lag: lag == 0,
+        timeout=30,
+        what="commit",
+    )
+    first.stop()
+    await produce(
+        stack.bootstrap, stack.ingest_topic, [(0, None, json.dumps(event(n)).encode(), []) for n in range(20, 50)]
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:  # "retention": the first 10 records written while the worker was down are deleted unread
+        await admin.delete_records({TopicPartition(stack.ingest_topic, 0): RecordsToDelete(before_offset=30)})
+    finally:
+        await admin.close()
+    second = stack.worker("second")
+    await wait_all_delivered(stack, 40, timeout=90)
+    await poll(
+        lambda: group_lag(stack.bootstrap, stack.app_id, stack.ingest_topic),
+        lambda lag: lag == 0,
+        timeout=45,
+        what="commit",
+    )
+    rows = await fetch(stack.dsn, f"SELECT (payload->>'n')::int AS n FROM \"{stack.table}\"")
+    assert sorted(r["n"] for r in rows) == [*range(20), *range(30, 50)]
+    reports = second.logged("records deleted by the topic's retention before they were processed; raise its retention")
+    assert reports and reports[0]["deleted"] == 10, second.tail()

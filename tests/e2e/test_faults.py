@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import headers as h
 from pipeline.config import load_settings
-from pipeline.observability.lag import group_lag, topic_size
+from pipeline.observability.lag import group_lag, topic_ends, topic_size
 from pipeline.reliability.policies import tier_label
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
@@ -230,3 +230,52 @@ async def test_sigkill_while_events_wait_in_a_retry_tier_and_move_to_the_dlq(sta
     assert sorted(r["n"] for r in rows) == sorted(set(range(1000)) - poison)
     dead = await read_topic(stack.bootstrap, dlq)
     assert {json.loads(r.value or b"{}")["payload"]["n"] for r in dead} == poison
+
+
+async def test_events_deleted_by_sink_topic_retention_during_an_outage_are_counted(
+    stack: Stack, proxy: FaultProxy
+) -> None:
+    """An outage longer than the store-and-forward queue: the sink topic's retention deletes events that
+    waited for the sink. The worker cannot deliver them, but it must count and report every one."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    await start(stack, FAST, TSDB_OPEN_DURATION_SEC="600", TSDB_DSN=through(stack.dsn, proxy))
+    first = stack.worker("first")
+    await produce(stack.bootstrap, stack.ingest_topic, events(0, 100))
+    await wait_delivered(stack, 100)
+
+    proxy.set("down")
+    await produce(stack.bootstrap, stack.ingest_topic, events(100, 200))
+    await poll(lambda: asyncio.sleep(0, transitions(stack)), lambda t: "closed->open" in t, timeout=30, what="open")
+    await poll(lambda: topic_size(stack.bootstrap, stack.sink_topic()), lambda n: n == 300, timeout=30, what="fan-out")
+    by_hash = f"{stack.ingest_topic}.by-hash"
+    await poll(lambda: group_lag(stack.bootstrap, stack.app_id, by_hash), lambda n: n == 0, timeout=30, what="dedupe")
+    first.kill()  # the breaker stays open for 600 s: nothing moved since it opened
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(f"{stack.app_id}.deliver.tsdb")
+        ends = await topic_ends(stack.bootstrap, stack.sink_topic())
+        cut = {}
+        for partition, end in ends.items():
+            meta = committed.get(TopicPartition(stack.sink_topic(), partition))
+            start_at = meta.offset if meta is not None and meta.offset >= 0 else 0
+            cut[partition] = (start_at, min(start_at + 5, end))
+        # What retention does when the queue is full: the oldest waiting events go.
+        await admin.delete_records(
+            {TopicPartition(stack.sink_topic(), p): RecordsToDelete(before_offset=b) for p, (_, b) in cut.items()}
+        )
+    finally:
+        await admin.close()
+    deleted = sum(b - a for a, b in cut.values())
+    assert deleted > 0
+
+    proxy.set("pass")
+    second = stack.worker("second")
+    await wait_delivered(stack, 300 - deleted)
+    reports = second.logged(
+        "events deleted by the topic's retention before delivery; size QUEUE_MAX_BYTES for longer outages"
+    )
+    assert sum(r["deleted"] for r in reports) == deleted, second.tail()

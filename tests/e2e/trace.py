@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.observability.lag import topic_ends
 from tests.e2e.conftest import Stack
 from tests.support import Record, fetch, read_topic
 
@@ -31,17 +32,6 @@ async def _group_offsets(bootstrap: str, group: str) -> dict[TopicPartition, int
         return {tp: meta.offset for tp, meta in offsets.items()}
     finally:
         await admin.close()
-
-
-async def _ends(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()} if tps else {}
-    finally:
-        await consumer.stop()
 
 
 async def where_are_they(stack: Stack, topics: list[str], sink: str = "tsdb") -> str:
@@ -67,7 +57,7 @@ async def where_are_they(stack: Stack, topics: list[str], sink: str = "tsdb") ->
     for group in (stack.app_id, f"{stack.app_id}.deliver.{sink}"):
         committed = await _group_offsets(stack.bootstrap, group)
         for topic in sorted({tp.topic for tp in committed}):
-            ends = await _ends(stack.bootstrap, topic)
+            ends = await topic_ends(stack.bootstrap, topic)
             parts = [
                 f"p{tp.partition}={off}/{ends.get(tp.partition)}"
                 for tp, off in sorted(committed.items(), key=lambda kv: kv[0].partition)

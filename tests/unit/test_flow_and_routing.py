@@ -102,3 +102,23 @@ def test_explicit_retry_tiers() -> None:
     assert [tier_index(policy, n) for n in range(1, 6)] == [0, 1, 2, 2, 2]
     with pytest.raises(ValueError, match="retry tier '5x'"):
         RetryPolicy.model_validate({"retry_tiers": "5s,5x"})
+
+
+def test_expiry_watch_counts_offsets_that_retention_deleted() -> None:
+    from aiokafka import TopicPartition
+
+    from pipeline.delivery.expiry import ExpiryWatch
+
+    watch = ExpiryWatch("tsdb")
+    tp = TopicPartition("sink.tsdb", 0)
+    watch.read(tp, 0, 9)  # nothing known yet: no loss can be told
+    watch.read(tp, 10, 19)
+    assert watch.expired == 0
+    watch.moved(tp, 15)  # a seek back (rewind, retry-tier hold) is not a loss either
+    watch.read(tp, 15, 30)
+    assert watch.expired == 0
+    watch.read(tp, 40, 45)  # 31..39 are gone
+    assert watch.expired == 9
+    watch.moved(tp, None)  # revoked: the next owner starts from its committed offset
+    watch.read(tp, 100, 101)
+    assert watch.expired == 9
