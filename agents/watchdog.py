@@ -6,11 +6,12 @@ leave an offset unacked without an agent ever seeing it, and the watchdog settle
 - Suspected gaps: Faust's fetch loop reports offsets it jumped over. A transaction marker or a compacted
   record is a real gap (the broker returns the next record after it); those offsets are acked as empty
   at once, so transactional producers do not hold the commit back. Skipped records are read again at once.
-- Stalls: Faust's fetch loop can drop records (seen when a worker restarts after SIGKILL under load).
-  Our agents ack what they receive within about a second, so a commit that has not moved for STALL_SEC
-  while records wait means such a drop. If the broker holds a record at the committed offset, the
-  partition is read again from there (the dedupe table recognises events already forwarded);
-  otherwise the offsets up to the next record are acked as empty.
+- Stalls: a commit that has not moved for PROBE_AFTER_SEC while records wait is checked with the
+  broker. Offsets without a record up to the next one (a marker at the tail, records deleted by
+  retention) are acked as empty at once. A record at the committed offset gets STALL_SEC: our agents
+  ack what they receive within about a second, so still unacked by then means Faust's fetch loop
+  dropped it (seen when a worker restarts after SIGKILL under load); the partition is read again from
+  there (the dedupe table recognises events already forwarded).
 
 Nothing is skipped; a false alarm only costs a re-read.
 """
@@ -30,7 +31,8 @@ from pipeline.observability.lag import RecordProbe
 log = structlog.get_logger("pipeline.watchdog")
 
 CHECK_EVERY_SEC = 5.0
-STALL_SEC = 15.0
+PROBE_AFTER_SEC = 4.0  # a still commit is checked with the broker (cheap: one fetch) ...
+STALL_SEC = 15.0  # ... and its partition read again only after this long
 PROBE_ERRORS = (TimeoutError, OSError, KafkaError)
 
 
@@ -67,17 +69,20 @@ def register(pipeline: Pipeline) -> None:
             except Exception as exc:  # revoked meanwhile, or stopping: the stall check settles it later
                 log.warning("could not seek back to skipped records", error=repr(exc))
 
-    async def unstick(consumer: GaplessConsumer, tp: Any, committed: int, highwater: int, stalled: float) -> None:
+    async def unstick(consumer: GaplessConsumer, tp: Any, committed: int, highwater: int, stalled: float) -> bool:
+        """Settle a commit that has not moved for `stalled` seconds; True when it was settled."""
         first = await probe.first_record(tp.topic, tp.partition, committed)
         fields = {"topic": tp.topic, "partition": tp.partition, "committed": committed, "highwater": highwater}
         if first == committed:
+            if stalled < STALL_SEC:
+                return False  # a record is there: give the agent time before reading it again
             log.warning(
                 "commit stalled on a record never processed; reading the partition again from it",
                 stalled_sec=round(stalled, 1),
                 **fields,
             )
             await consumer.seek(tp, committed)
-            return
+            return True
         empty_to = highwater if first is None else first
         earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
         if earliest > committed:
@@ -89,6 +94,7 @@ def register(pipeline: Pipeline) -> None:
         else:
             log.info("commit stalled on offsets without records; acking them as empty", empty_to=empty_to, **fields)
         consumer.ack_empty(tp, committed, empty_to)
+        return True
 
     async def commit_watchdog() -> None:
         consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
@@ -113,15 +119,17 @@ def register(pipeline: Pipeline) -> None:
                 seen[tp] = (committed, now)  # the commit moved: progress
                 continue
             seen[tp] = (last, since)
-            if now - since < STALL_SEC:
+            if now - since < PROBE_AFTER_SEC:
                 continue
             try:
-                await unstick(consumer, tp, committed, highwater, now - since)
+                settled = await unstick(consumer, tp, committed, highwater, now - since)
             except PROBE_ERRORS as exc:
                 log.warning(
                     "commit watchdog could not probe the broker", topic=tp.topic, partition=tp.partition, error=str(exc)
                 )
-            seen[tp] = (committed, time.monotonic())
+                settled = True  # try again after a full period
+            if settled:
+                seen[tp] = (committed, time.monotonic())
 
     app.timer(CHECK_EVERY_SEC, name="commit-watchdog")(commit_watchdog)
     app.task(verify_gaps)

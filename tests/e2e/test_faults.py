@@ -130,14 +130,14 @@ async def test_flapping_sink_loses_and_duplicates_nothing(stack: Stack, proxy: F
     await start(stack, FAST, TSDB_MAX_RETRIES="15", TSDB_BATCH_SIZE="50", TSDB_DSN=through(stack.dsn, proxy))
     proxy.set("flap", reset_probability=0.5)
     stack.worker()
-    await produce(stack.bootstrap, stack.ingest_topic, events(0, 2000))
-    await wait_delivered(stack, 2000, timeout=180)
+    await produce(stack.bootstrap, stack.ingest_topic, events(0, 1000))
+    await wait_delivered(stack, 1000, timeout=180)
     assert proxy.resets >= 10, f"the proxy should have reset connections, reset {proxy.resets}"
     failed = [line for w in stack.workers for line in w.logged("delivery failed")]
     assert failed, "writes should have failed and been retried"
     assert await topic_size(stack.bootstrap, stack.sink_topic() + ".dlq") == 0
     rows = await fetch(stack.dsn, f"SELECT (payload->>'n')::int AS n FROM \"{stack.table}\"")
-    assert sorted(r["n"] for r in rows) == list(range(2000))
+    assert sorted(r["n"] for r in rows) == list(range(1000))
 
 
 async def test_one_percent_poison_goes_to_the_dlq_with_full_context(stack: Stack) -> None:
