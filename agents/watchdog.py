@@ -43,6 +43,8 @@ def register(pipeline: Pipeline) -> None:
     probe = RecordProbe(kafka.bootstrap_servers, client_id=f"{kafka.client_id}-watchdog", **kafka.client_kwargs())
     # tp -> (committed offset, when it was first seen at that value)
     seen: dict[Any, tuple[int, float]] = {}
+    # tp -> offset a seek of ours is reading the partition again from, until the commit passes it
+    rereads: dict[Any, int] = {}
 
     async def verify_gaps() -> None:
         consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
@@ -57,6 +59,12 @@ def register(pipeline: Pipeline) -> None:
             if first is not None and first >= gap.end:
                 consumer.ack_empty(tp, gap.start, gap.end)
                 continue
+            target = rereads.get(tp)
+            committed = consumer._committed_offset.get(tp)
+            if target is not None and (committed is None or committed > target or tp not in consumer.assignment()):
+                del rereads[tp]  # that re-read is done (or the partition moved on)
+            elif target is not None and gap.start >= target:
+                continue  # records fetched before that seek: the re-read from `target` covers them
             log.warning(
                 "records skipped by the fetch loop; reading the partition again from the first one",
                 topic=tp.topic,
@@ -66,6 +74,7 @@ def register(pipeline: Pipeline) -> None:
             )
             try:
                 await consumer.seek(tp, gap.start)
+                rereads[tp] = gap.start
             except Exception as exc:  # revoked meanwhile, or stopping: the stall check settles it later
                 log.warning("could not seek back to skipped records", error=repr(exc))
 
@@ -82,6 +91,7 @@ def register(pipeline: Pipeline) -> None:
                 **fields,
             )
             await consumer.seek(tp, committed)
+            rereads[tp] = committed
             return True
         empty_to = highwater if first is None else first
         earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
