@@ -143,6 +143,18 @@ async def produce(bootstrap: str, topic: str, messages: Sequence[Message]) -> No
         await producer.stop()
 
 
+async def delete_records(bootstrap: str, before: Mapping[TopicPartition, int]) -> None:
+    """Delete each partition's records below the given offset, as retention would."""
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=offset) for tp, offset in before.items()})
+    finally:
+        await admin.close()
+
+
 async def read_topic(bootstrap: str, topic: str, timeout: float = 30) -> list[Record]:
     """Every record in the topic, from the beginning up to the end offsets seen at the start."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")

@@ -12,7 +12,7 @@ from pipeline import headers as h
 from pipeline.observability.lag import group_lag, topic_size
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event, make_stream
-from tests.support import count_rows, fetch, poll, produce, read_topic, run_cli
+from tests.support import count_rows, delete_records, fetch, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -37,6 +37,15 @@ async def wait_all_delivered(stack: Stack, expected_rows: int, timeout: float = 
         for worker in stack.workers:
             print(f"--- {worker.name} ---\n{worker.tail()}")
         raise
+
+
+async def wait_ingest_committed(stack: Stack, timeout: float) -> None:
+    await poll(
+        lambda: group_lag(stack.bootstrap, stack.app_id, stack.ingest_topic),
+        lambda lag: lag == 0,
+        timeout=timeout,
+        what="the ingest commit at the end of the topic",
+    )
 
 
 async def assert_exactly_once(stack: Stack) -> list[object]:
@@ -124,19 +133,13 @@ async def test_transactional_producers_markers_do_not_hold_the_commit_back(stack
         await producer.stop()
     await wait_all_delivered(stack, 400, timeout=90)
     # 40 markers spread over the partitions: waiting for each one to stall (15 s) would take minutes.
-    await poll(
-        lambda: group_lag(stack.bootstrap, stack.app_id, stack.ingest_topic),
-        lambda lag: lag == 0,
-        timeout=45,
-        what="the ingest commit past every transaction marker",
-    )
+    await wait_ingest_committed(stack, timeout=45)
 
 
 async def test_records_deleted_by_retention_before_processing_are_reported_and_passed(stack: Stack) -> None:
     """A worker down longer than the ingest topic's retention: the records it never read are gone. The commit
     must move past them (not stall forever) and the worker must say loudly that they were deleted."""
     from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
     await apply_topics(stack)
     first = stack.worker("first")
@@ -144,22 +147,13 @@ async def test_records_deleted_by_retention_before_processing_are_reported_and_p
         stack.bootstrap, stack.ingest_topic, [(0, None, json.dumps(event(n)).encode(), []) for n in range(20)]
     )
     await wait_all_delivered(stack, 20, timeout=90)
-    await poll(
-        lambda: group_lag(stack.bootstrap, stack.app_id, stack.ingest_topic),
-        lambda lag: lag == 0,
-        timeout=30,
-        what="commit",
-    )
+    await wait_ingest_committed(stack, timeout=30)
     first.stop()
     await produce(
         stack.bootstrap, stack.ingest_topic, [(0, None, json.dumps(event(n)).encode(), []) for n in range(20, 50)]
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:  # "retention": the first 10 records written while the worker was down are deleted unread
-        await admin.delete_records({TopicPartition(stack.ingest_topic, 0): RecordsToDelete(before_offset=30)})
-    finally:
-        await admin.close()
+    # "Retention": the first 10 records written while the worker was down are deleted unread.
+    await delete_records(stack.bootstrap, {TopicPartition(stack.ingest_topic, 0): 30})
     second = stack.worker("second")
     await wait_all_delivered(stack, 40, timeout=90)
     await poll(

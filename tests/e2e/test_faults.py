@@ -17,10 +17,10 @@ from pipeline.observability.lag import group_lag, topic_ends, topic_size
 from pipeline.reliability.policies import tier_label
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
-from tests.e2e.trace import where_are_they
+from tests.e2e.trace import group_offsets, where_are_they
 from tests.faults import FaultProxy
 from tests.http_sink_server import Script, http_sink_server
-from tests.support import Message, count_rows, fetch, poll, produce, read_topic, run_cli
+from tests.support import Message, count_rows, delete_records, fetch, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -238,7 +238,6 @@ async def test_events_deleted_by_sink_topic_retention_during_an_outage_are_count
     """An outage longer than the store-and-forward queue: the sink topic's retention deletes events that
     waited for the sink. The worker cannot deliver them, but it must count and report every one."""
     from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
     await start(stack, FAST, TSDB_OPEN_DURATION_SEC="600", TSDB_DSN=through(stack.dsn, proxy))
     first = stack.worker("first")
@@ -253,22 +252,14 @@ async def test_events_deleted_by_sink_topic_retention_during_an_outage_are_count
     await poll(lambda: group_lag(stack.bootstrap, stack.app_id, by_hash), lambda n: n == 0, timeout=30, what="dedupe")
     first.kill()  # the breaker stays open for 600 s: nothing moved since it opened
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(f"{stack.app_id}.deliver.tsdb")
-        ends = await topic_ends(stack.bootstrap, stack.sink_topic())
-        cut = {}
-        for partition, end in ends.items():
-            meta = committed.get(TopicPartition(stack.sink_topic(), partition))
-            start_at = meta.offset if meta is not None and meta.offset >= 0 else 0
-            cut[partition] = (start_at, min(start_at + 5, end))
-        # What retention does when the queue is full: the oldest waiting events go.
-        await admin.delete_records(
-            {TopicPartition(stack.sink_topic(), p): RecordsToDelete(before_offset=b) for p, (_, b) in cut.items()}
-        )
-    finally:
-        await admin.close()
+    committed = await group_offsets(stack.bootstrap, f"{stack.app_id}.deliver.tsdb")
+    cut = {}
+    for partition, end in (await topic_ends(stack.bootstrap, stack.sink_topic())).items():
+        tp = TopicPartition(stack.sink_topic(), partition)
+        start_at = max(0, committed.get(tp, 0))
+        cut[tp] = (start_at, min(start_at + 5, end))
+    # What retention does when the queue is full: the oldest waiting events go.
+    await delete_records(stack.bootstrap, {tp: b for tp, (_, b) in cut.items()})
     deleted = sum(b - a for a, b in cut.values())
     assert deleted > 0
 

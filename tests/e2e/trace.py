@@ -24,7 +24,7 @@ def _n(record: Record) -> int | None:
     return n if isinstance(n, int) else None
 
 
-async def _group_offsets(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+async def group_offsets(bootstrap: str, group: str) -> dict[TopicPartition, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -55,7 +55,7 @@ async def where_are_they(stack: Stack, topics: list[str], sink: str = "tsdb") ->
         places = [f"{t.removeprefix(stack.prefix)}@{seen[t][n]}" for t in topics if n in seen[t]]
         lines.append(f"  n={n}: " + "; ".join(places))
     for group in (stack.app_id, f"{stack.app_id}.deliver.{sink}"):
-        committed = await _group_offsets(stack.bootstrap, group)
+        committed = await group_offsets(stack.bootstrap, group)
         for topic in sorted({tp.topic for tp in committed}):
             ends = await topic_ends(stack.bootstrap, topic)
             parts = [
