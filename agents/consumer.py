@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NamedTuple
 
-import structlog
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
 
 from pipeline.commits import committable
 
-log = structlog.get_logger("pipeline.commits")
+MAX_SUSPECTED_GAPS = 10_000  # a producer with one transaction per event makes a gap per event
 
 
 class SuspectedGap(NamedTuple):
@@ -35,13 +34,16 @@ class GaplessConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
         # record (transaction markers, compaction) or were skipped by its fetch loop; the broker decides
         # which (agents.watchdog), and only empty offsets are acked.
         if offset_from < offset_to:
-            self.suspected_gaps.put_nowait(SuspectedGap(tp, offset_from, offset_to))
+            try:
+                self.suspected_gaps.put_nowait(SuspectedGap(tp, offset_from, offset_to))
+            except asyncio.QueueFull:
+                pass  # the commit stops at the gap; the watchdog's stall check settles it
 
     @property
     def suspected_gaps(self) -> asyncio.Queue[SuspectedGap]:
         queue: asyncio.Queue[SuspectedGap] | None = getattr(self, "_suspected_gaps", None)
         if queue is None:
-            queue = asyncio.Queue()
+            queue = asyncio.Queue(maxsize=MAX_SUSPECTED_GAPS)
             self._suspected_gaps = queue
         return queue
 
