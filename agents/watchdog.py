@@ -8,10 +8,11 @@ leave an offset unacked without an agent ever seeing it, and the watchdog settle
   at once, so transactional producers do not hold the commit back. Skipped records are read again at once.
 - Stalls: a commit that has not moved for PROBE_AFTER_SEC while records wait is checked with the
   broker. Offsets without a record up to the next one (a marker at the tail, records deleted by
-  retention) are acked as empty at once. A record at the committed offset gets STALL_SEC: our agents
-  ack what they receive within about a second, so still unacked by then means Faust's fetch loop
-  dropped it (seen when a worker restarts after SIGKILL under load); the partition is read again from
-  there (the dedupe table recognises events already forwarded).
+  retention) are acked as empty at once. A record at the committed offset that Faust never handed to
+  an agent while later ones were acked was dropped by its fetch loop (seen when a worker restarts
+  after SIGKILL under load): the partition is read again from there at once (the dedupe table
+  recognises events already forwarded). Otherwise the record gets STALL_SEC (IN_FLIGHT_STALL_SEC
+  while an agent holds it) before the re-read.
 
 Nothing is skipped; a false alarm only costs a re-read.
 """
@@ -33,6 +34,7 @@ log = structlog.get_logger("pipeline.watchdog")
 CHECK_EVERY_SEC = 5.0
 PROBE_AFTER_SEC = 4.0  # a still commit is checked with the broker (cheap: one fetch) ...
 STALL_SEC = 15.0  # ... and its partition read again only after this long
+IN_FLIGHT_STALL_SEC = 60.0  # or this long when the record is with an agent, not acked yet
 PROBE_ERRORS = (TimeoutError, OSError, KafkaError)
 
 
@@ -45,6 +47,7 @@ def register(pipeline: Pipeline) -> None:
     seen: dict[Any, tuple[int, float]] = {}
     # tp -> offset a seek of ours is reading the partition again from, until the commit passes it
     rereads: dict[Any, int] = {}
+    reread_at: dict[Any, float] = {}  # tp -> when a seek of ours last started a re-read
 
     async def verify_gaps() -> None:
         consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
@@ -75,6 +78,7 @@ def register(pipeline: Pipeline) -> None:
             try:
                 await consumer.seek(tp, gap.start)
                 rereads[tp] = gap.start
+                reread_at[tp] = time.monotonic()
             except Exception as exc:  # revoked meanwhile, or stopping: the stall check settles it later
                 log.warning("could not seek back to skipped records", error=repr(exc))
 
@@ -83,15 +87,24 @@ def register(pipeline: Pipeline) -> None:
         first = await probe.first_record(tp.topic, tp.partition, committed)
         fields = {"topic": tp.topic, "partition": tp.partition, "committed": committed, "highwater": highwater}
         if first == committed:
-            if stalled < STALL_SEC:
-                return False  # a record is there: give the agent time before reading it again
+            # A record is there. Handed to an agent and not acked yet: the agent is slow, wait (a minute at
+            # most). Not handed over while later records were acked: Faust skipped it, read it again now.
+            # Neither: the fetch loop is slow or skipped it with nothing after; wait STALL_SEC.
+            in_flight = any(m.tp == tp and m.offset == committed for m in list(consumer._unacked_messages))
+            skipped = not in_flight and any(offset > committed for offset in consumer._acked.get(tp) or ())
+            if time.monotonic() - reread_at.get(tp, 0.0) < STALL_SEC:
+                skipped = False  # a re-read of ours is under way: give it time to reach the agent
+            if not skipped and stalled < (IN_FLIGHT_STALL_SEC if in_flight else STALL_SEC):
+                return False
             log.warning(
                 "commit stalled on a record never processed; reading the partition again from it",
                 stalled_sec=round(stalled, 1),
+                in_flight=in_flight,
                 **fields,
             )
             await consumer.seek(tp, committed)
             rereads[tp] = committed
+            reread_at[tp] = time.monotonic()
             return True
         empty_to = highwater if first is None else first
         earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
