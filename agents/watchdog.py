@@ -45,9 +45,12 @@ def register(pipeline: Pipeline) -> None:
     probe = RecordProbe(kafka.bootstrap_servers, client_id=f"{kafka.client_id}-watchdog", **kafka.client_kwargs())
     # tp -> (committed offset, when it was first seen at that value)
     seen: dict[Any, tuple[int, float]] = {}
-    # tp -> offset a seek of ours is reading the partition again from, until the commit passes it
-    rereads: dict[Any, int] = {}
-    reread_at: dict[Any, float] = {}  # tp -> when a seek of ours last started a re-read
+    # tp -> (offset a seek of ours is reading the partition again from, when it started)
+    rereads: dict[Any, tuple[int, float]] = {}
+
+    async def reread(consumer: GaplessConsumer, tp: Any, offset: int) -> None:
+        await consumer.seek(tp, offset)
+        rereads[tp] = (offset, time.monotonic())
 
     async def verify_gaps() -> None:
         consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
@@ -62,7 +65,7 @@ def register(pipeline: Pipeline) -> None:
             if first is not None and first >= gap.end:
                 consumer.ack_empty(tp, gap.start, gap.end)
                 continue
-            target = rereads.get(tp)
+            target = rereads.get(tp, (None, 0.0))[0]
             committed = consumer._committed_offset.get(tp)
             if target is not None and (committed is None or committed > target or tp not in consumer.assignment()):
                 del rereads[tp]  # that re-read is done (or the partition moved on)
@@ -76,9 +79,7 @@ def register(pipeline: Pipeline) -> None:
                 next_seen=gap.end,
             )
             try:
-                await consumer.seek(tp, gap.start)
-                rereads[tp] = gap.start
-                reread_at[tp] = time.monotonic()
+                await reread(consumer, tp, gap.start)
             except Exception as exc:  # revoked meanwhile, or stopping: the stall check settles it later
                 log.warning("could not seek back to skipped records", error=repr(exc))
 
@@ -92,7 +93,7 @@ def register(pipeline: Pipeline) -> None:
             # Neither: the fetch loop is slow or skipped it with nothing after; wait STALL_SEC.
             in_flight = any(m.tp == tp and m.offset == committed for m in list(consumer._unacked_messages))
             skipped = not in_flight and any(offset > committed for offset in consumer._acked.get(tp) or ())
-            if time.monotonic() - reread_at.get(tp, 0.0) < STALL_SEC:
+            if time.monotonic() - rereads.get(tp, (None, 0.0))[1] < STALL_SEC:
                 skipped = False  # a re-read of ours is under way: give it time to reach the agent
             if not skipped and stalled < (IN_FLIGHT_STALL_SEC if in_flight else STALL_SEC):
                 return False
@@ -102,9 +103,7 @@ def register(pipeline: Pipeline) -> None:
                 in_flight=in_flight,
                 **fields,
             )
-            await consumer.seek(tp, committed)
-            rereads[tp] = committed
-            reread_at[tp] = time.monotonic()
+            await reread(consumer, tp, committed)
             return True
         empty_to = highwater if first is None else first
         earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
