@@ -42,32 +42,40 @@ async def topic_ends(bootstrap: str, topic: str, **client_kwargs: Any) -> dict[i
         await consumer.stop()
 
 
+async def group_offsets(bootstrap: str, group: str, **client_kwargs: Any) -> dict[TopicPartition, int]:
+    """The consumer group's committed offset per partition (-1 where it has none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in offsets.items()}
+    finally:
+        await admin.close()
+
+
 async def group_lag(bootstrap: str, group: str, topic: str, **client_kwargs: Any) -> int | None:
     """Records of `topic` the consumer group has not committed yet; None while it has committed
     nothing on a non-empty partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
-    await admin.start()
+    try:
+        committed = await group_offsets(bootstrap, group, **client_kwargs)
+    except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
+        return None  # the group's coordinator is not ready yet: nothing is known
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **client_kwargs)
     await consumer.start()
     try:
-        try:
-            committed = await admin.list_consumer_group_offsets(group)
-        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
-            return None  # the group's coordinator is not ready yet: nothing is known
         tps = await _partitions(consumer, topic)
         ends = await consumer.end_offsets(tps) if tps else {}
-        lag = 0
-        for tp in tps:
-            meta = committed.get(tp)
-            if meta is None or meta.offset < 0:
-                if ends[tp] > 0:
-                    return None
-                continue
-            lag += ends[tp] - meta.offset
-        return lag
     finally:
         await consumer.stop()
-        await admin.close()
+    lag = 0
+    for tp in tps:
+        offset = committed.get(tp, -1)
+        if offset < 0:
+            if ends[tp] > 0:
+                return None
+            continue
+        lag += ends[tp] - offset
+    return lag
 
 
 class RecordProbe:

@@ -13,11 +13,11 @@ import pytest
 
 from pipeline import headers as h
 from pipeline.config import load_settings
-from pipeline.observability.lag import group_lag, topic_ends, topic_size
+from pipeline.observability.lag import group_lag, group_offsets, topic_ends, topic_size
 from pipeline.reliability.policies import tier_label
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
-from tests.e2e.trace import group_offsets, where_are_they
+from tests.e2e.trace import where_are_they
 from tests.faults import FaultProxy
 from tests.http_sink_server import Script, http_sink_server
 from tests.support import Message, count_rows, delete_records, fetch, poll, produce, read_topic, run_cli

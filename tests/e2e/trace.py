@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-
-from pipeline.observability.lag import topic_ends
+from pipeline.observability.lag import group_offsets, topic_ends
 from tests.e2e.conftest import Stack
 from tests.support import Record, fetch, read_topic
 
@@ -22,16 +19,6 @@ def _n(record: Record) -> int | None:
         return None
     n = payload.get("n") if isinstance(payload, dict) else None
     return n if isinstance(n, int) else None
-
-
-async def group_offsets(bootstrap: str, group: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return {tp: meta.offset for tp, meta in offsets.items()}
-    finally:
-        await admin.close()
 
 
 async def where_are_they(stack: Stack, topics: list[str], sink: str = "tsdb") -> str:
