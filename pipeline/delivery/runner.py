@@ -376,8 +376,10 @@ class SinkRunner:
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
-            # Redelivered after the rebalance; the sink write is idempotent.
+            # Delivered again (the sink write is idempotent): by this consumer for the partitions it still
+            # has, so their commit does not wait for new traffic, by the new owner for the others.
             log.warning("commit failed; events will be delivered again", sink=self.name, error=str(exc))
+            self._rewind(batch)
 
     # -- pausing and holding -----------------------------------------------------------------------
 
