@@ -43,6 +43,7 @@ class Request:
     body: bytes  # decoded
     signature_ok: bool | None  # None: the receiver has no secret
     status: int  # what the receiver answered
+    replayed: bool = False  # answered from the idempotency store: a repeat of a request already processed
 
     @property
     def entries(self) -> list[dict[str, Any]]:
@@ -58,13 +59,19 @@ class Request:
 @dataclass
 class Webhook:
     """Answers with `replies` in order (then 200). With a `secret`, a request whose signature does not
-    verify gets 401 without consuming a reply, as a real receiver would refuse it."""
+    verify gets 401 without consuming a reply, as a real receiver would refuse it. With `idempotency`, the
+    receiver follows the Idempotency-Key draft: the key of a request answered 2xx is stored with a
+    fingerprint of its (decoded) body; the same key again with the same body is answered 200 from the store
+    (`replayed`, not processed again, no reply consumed), with another body 422."""
 
     replies: list[Reply] = field(default_factory=list)
     secret: bytes | None = None
     signature_header: str = "x-pipeline-signature"
+    idempotency: bool = False
+    idempotency_header: str = "idempotency-key"
     requests: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> sha256 of the body
 
     def handle(self, http_version: str, headers: dict[str, str], raw: bytes) -> tuple[Reply, Request]:
         signature_ok = None
@@ -72,12 +79,21 @@ class Webhook:
             expected = "sha256=" + hmac.new(self.secret, raw, hashlib.sha256).hexdigest()
             signature_ok = hmac.compare_digest(expected, headers.get(self.signature_header.lower(), ""))
         body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
+        key = headers.get(self.idempotency_header.lower()) if self.idempotency else None
+        fingerprint = hashlib.sha256(body).hexdigest()
         with self.lock:
+            replayed = key is not None and self.keys.get(key) == fingerprint
             if signature_ok is False:
                 reply = Reply(401, body=b'{"error": "bad signature"}')
+            elif replayed:
+                reply = Reply(200)
+            elif key is not None and key in self.keys:
+                reply = Reply(422, body=b'{"error": "idempotency key reused with another payload"}')
             else:
                 reply = self.replies.pop(0) if self.replies else Reply()
-            request = Request(time.monotonic(), http_version, headers, raw, body, signature_ok, reply.status)
+                if key is not None and 200 <= reply.status < 300:
+                    self.keys[key] = fingerprint
+            request = Request(time.monotonic(), http_version, headers, raw, body, signature_ok, reply.status, replayed)
             self.requests.append(request)
         return reply, request
 

@@ -17,17 +17,26 @@ Validation (distributor, then ingester), per stream and per entry:
   - entry older than now - reject_old_samples_max_age: "entry for stream '...' has timestamp too old"
   - entry newer than now + creation_grace_period: "... has timestamp too new"
   - line longer than max_line_size bytes: "Max entry size '...' bytes exceeded for stream ..."
-  - an exact duplicate (same tenant, stream, timestamp and line as a stored entry) is ignored, not an error
-  - unordered_writes=False: an entry older than the newest accepted in its stream is "entry out of order";
-    unordered_writes=True (Loki's default): older than newest - max_chunk_age/2 is "entry too far behind"
-    (Loki's text, "entry with timestamp ... ignored, reason: '...'," + "user '...', total ignored: ...").
-  Any rejected entry -> 400 listing them; the valid entries of the same push are stored all the same.
-  Accepted -> 204. Duplicates: real Loki with unordered_writes=False only drops a duplicate of the newest
-  entry of a stream; this server drops any exact duplicate in both modes.
+  - ingester, per stream, entries in push order (Loki's stream.validateEntries, then the head block):
+      1. the same timestamp and line as the stream's last accepted entry: dropped, not an error;
+      2. unordered_writes=True (Loki's default): older than the stream's newest - max_chunk_age/2 is
+         "entry too far behind"; unordered_writes=False: older than the newest is "entry out of order".
+         These checks come before any other duplicate check: a re-sent entry that is too far behind (or
+         out of order) is rejected like a new one, although the stream holds it;
+      3. an exact duplicate of a stored entry (same tenant, stream, timestamp and line) is dropped, not an
+         error (the unordered head block drops it; with ordered writes Loki's queries drop it). The same
+         timestamp with another line is a new entry and is stored;
+      4. the entry becomes the stream's last, and its newest when it is newer.
+    (Loki's text, "entry with timestamp ... ignored, reason: '...'," at most 10 per stream, then
+    "user '...', total ignored: N out of M for stream: {...}".)
+  Any rejected entry -> 400 naming them; the valid entries of the same push are stored all the same (as
+  Loki's distributor forwards the valid entries and its ingester stores the accepted ones). Accepted -> 204.
+  `Request.stored` and `Request.duplicates` count what a push stored and what it re-sent.
 
 Fault injection: `script(Forced(429, {"Retry-After": "2"}), Forced(500))` answers the next requests with
 those responses without storing anything (`after_store=True`: store first, then answer with the fault, like
-a response lost on the way back; `delay`: sleep first). Every request is recorded (`requests`).
+a response lost on the way back; `delay`: sleep first; `hold`: sleep after storing, before answering, e.g. to
+kill the client while its push is stored and unanswered). Every request is recorded (`requests`).
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ class Forced:
     body: str = ""
     after_store: bool = False
     delay: float = 0.0
+    hold: float = 0.0
 
 
 @dataclass
@@ -85,6 +95,7 @@ class Request:
     forced: bool = False
     entries: int = 0  # entries in the push (0 when it could not be decoded)
     stored: int = 0  # entries newly stored
+    duplicates: int = 0  # entries dropped as exact duplicates of stored ones
 
 
 @dataclass
@@ -93,6 +104,7 @@ class StreamData:
     entries: list[tuple[int, str]] = field(default_factory=list)
     seen: set[tuple[int, str]] = field(default_factory=set)
     newest: int | None = None
+    last: tuple[int, str] | None = None  # the last accepted entry
 
 
 @dataclass
@@ -553,6 +565,8 @@ class LokiServer:
                 request.forced = True
             else:
                 status, text = self._push(request, body)
+                if forced is not None and forced.hold:
+                    time.sleep(forced.hold)
                 if forced is not None:
                     status, text, headers = forced.status, forced.body, forced.headers
                     request.forced = True
@@ -651,32 +665,42 @@ class LokiServer:
         if stream is None:
             stream = self.data[(tenant, key)] = StreamData(labels)
         ignored: list[str] = []
-        for entry in valid:  # ingester: per-stream order and duplicates
-            if (entry.ts_ns, entry.line) in stream.seen:
+        for entry in valid:  # ingester: per-stream order, then duplicates (see the module doc)
+            item = (entry.ts_ns, entry.line)
+            if item == stream.last:
+                request.duplicates += 1
                 continue
-            if stream.newest is not None:
-                if not self.unordered_writes and entry.ts_ns < stream.newest:
-                    ignored.append(
-                        f"entry with timestamp {_go_time(entry.ts_ns)} ignored, reason: 'entry out of order',"
-                    )
-                    continue
-                cutoff = stream.newest - int(self.max_chunk_age / 2 * 1_000_000_000)
-                if self.unordered_writes and entry.ts_ns < cutoff:
-                    ignored.append(
-                        f"entry with timestamp {_go_time(entry.ts_ns)} ignored, reason: 'entry too far behind, "
-                        f"entry timestamp is: {_rfc3339(entry.ts_ns)}, oldest acceptable timestamp is: "
-                        f"{_rfc3339(cutoff)}',"
-                    )
-                    continue
-            stream.entries.append((entry.ts_ns, entry.line))
-            stream.seen.add((entry.ts_ns, entry.line))
+            problem = self._order_problem(stream, entry.ts_ns)
+            if problem:
+                ignored.append(f"entry with timestamp {_go_time(entry.ts_ns)} ignored, reason: '{problem}',")
+                continue
+            stream.last = item
             stream.newest = entry.ts_ns if stream.newest is None else max(stream.newest, entry.ts_ns)
+            if item in stream.seen:
+                request.duplicates += 1
+                continue
+            stream.entries.append(item)
+            stream.seen.add(item)
             request.stored += 1
         if ignored:
             errors.append(
                 "\n".join(ignored[:10])
                 + f"\nuser '{tenant}', total ignored: {len(ignored)} out of {len(valid)} for stream: {key}"
             )
+
+    def _order_problem(self, stream: StreamData, ts_ns: int) -> str | None:
+        """Loki's reason to reject an entry for its place in the stream, or None."""
+        if stream.newest is None:
+            return None
+        if not self.unordered_writes:
+            return "entry out of order" if ts_ns < stream.newest else None
+        cutoff = stream.newest - int(self.max_chunk_age / 2 * 1_000_000_000)
+        if ts_ns < cutoff:
+            return (
+                f"entry too far behind, entry timestamp is: {_rfc3339(ts_ns)}, oldest acceptable timestamp is: "
+                f"{_rfc3339(cutoff)}"
+            )
+        return None
 
 
 @contextmanager

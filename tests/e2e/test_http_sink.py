@@ -128,22 +128,31 @@ async def test_unsigned_when_no_secret() -> None:
 # -- idempotency key ---------------------------------------------------------------------------------
 
 
-async def test_idempotency_key_is_stable_per_batch_and_differs_between_batches() -> None:
+async def test_idempotency_key_names_exactly_the_request_body() -> None:
+    """The key is the same for the same body sent again and differs for any other body (other events,
+    another order, a part), so a receiver that follows the Idempotency-Key draft never refuses a request
+    (422) and never takes a new request for a repeat; events are deduped by their event_hash."""
     a, b = records(0, 10), records(10, 10)
-    hook = Webhook(replies=[Reply(503)])
+    hook = Webhook(replies=[Reply(503)], idempotency=True)
     with webhook_server(hook) as url:
         async with opened(settings(url)) as sink:
             with pytest.raises(RetryableSinkError):
                 await sink.write(a)
-            await sink.write(a)  # the retry
-            await sink.write(list(reversed(a)))  # redelivered in another order
+            await sink.write(a)  # the same request again: the same key, processed (the first one failed)
+            await sink.write(list(reversed(a)))  # regrouped in another order: another request, another key
+            await sink.write(a)  # the same request once more: the receiver answers from its store
             await sink.write(b)
             await sink.write(a[:5])  # a bisected half
     keys = [r.headers["idempotency-key"] for r in hook.requests]
-    assert keys[0] == keys[1] == keys[2]
-    assert len({keys[0], keys[3], keys[4]}) == 3
-    expected = hashlib.sha256("\n".join(sorted(r.event_hash for r in a)).encode()).hexdigest()
+    assert [r.status for r in hook.requests] == [503, 200, 200, 200, 200, 200]
+    assert [r.replayed for r in hook.requests] == [False, False, False, True, False, False]
+    assert keys[0] == keys[1] == keys[3]
+    assert len({keys[0], keys[2], keys[4], keys[5]}) == 4
+    expected = hashlib.sha256("\n".join(r.event_hash for r in a).encode()).hexdigest()
     assert keys[0] == expected == idempotency_key(a)
+    # Across requests an event is recognised by its event_hash alone: a receiver dedupes by it.
+    processed = [h for r in hook.requests if r.status == 200 and not r.replayed for h in r.hashes]
+    assert set(processed) == {r.event_hash for r in a + b} and len(processed) == 35
 
 
 # -- gzip --------------------------------------------------------------------------------------------

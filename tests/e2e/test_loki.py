@@ -78,15 +78,19 @@ async def drained(stack: Stack) -> bool:
 
 
 async def wait_stored(stack: Stack, server: LokiServer, count: int, timeout: float = 120) -> None:
+    """Delivery drained with at least `count` entries in Loki; then exactly `count` (an entry stored twice
+    fails here at once instead of a timeout)."""
+
     async def probe() -> tuple[int, bool]:
         return server.count(), await drained(stack)
 
     try:
-        await poll(probe, lambda v: v == (count, True), timeout=timeout, interval=0.5, what=f"{count} lines in Loki")
+        await poll(probe, lambda v: v[0] >= count and v[1], timeout=timeout, interval=0.5, what=f"{count} lines")
     except AssertionError:
         for worker in stack.workers:
             print(f"--- {worker.name} ---\n{worker.tail(60)}")
         raise
+    assert server.count() == count, f"{server.count()} entries stored for {count} events"
 
 
 def stored_ns(server: LokiServer) -> list[int]:
@@ -190,31 +194,67 @@ async def test_5xx_are_retried_and_everything_is_delivered_once(stack: Stack) ->
         assert failed, "the 5xx should have been logged as retryable failures"
 
 
-async def test_400_too_old_and_out_of_order_entries_alone_go_to_the_dlq(stack: Stack) -> None:
+async def test_bisection_after_a_400_stores_each_entry_once(stack: Stack) -> None:
+    """A push with good entries and a rejected one: Loki stores the good ones and answers 400; the runner
+    bisects and re-sends them, the rule-following server drops them as exact duplicates, and only the
+    rejected events reach the DLQ."""
     stack.partitions = 1  # one partition: the stream's order is the topic's order
-    with loki_server(unordered_writes=False) as server:
+    with loki_server(max_chunk_age=60) as server:  # unordered writes, 30 s behind a stream's newest
         await start(stack, LOKI_URL=server.url, LOKI_BATCH_SIZE="200")
         stack.worker()
         ancient = BASE - timedelta(days=8)
         batch = messages(range(0, 150)) + messages([150], at=ancient) + messages(range(151, 300))
         await produce(stack.bootstrap, stack.ingest_topic, batch)
         await wait_stored(stack, server, 299)
-        # An entry older than the newest of its stream (but not too old): Loki's "entry out of order".
-        late = BASE + timedelta(milliseconds=2)  # n=300's stream (vessel-0, deck 0) has n=290 at BASE+290ms
-        await produce(stack.bootstrap, stack.ingest_topic, messages([300], at=late))
+        # An entry a minute older than the newest of its stream (vessel-0, deck 0: n=290 at BASE+290ms):
+        # Loki's "entry too far behind".
+        await produce(stack.bootstrap, stack.ingest_topic, messages([300], at=BASE - timedelta(minutes=1)))
         await poll(lambda: topic_size(stack.bootstrap, dlq(stack)), lambda n: n >= 2, timeout=60, what="2 DLQ")
         await wait_stored(stack, server, 299)
 
         dead = {json.loads(r.value or b"{}")["payload"]["n"]: r for r in await read_topic(stack.bootstrap, dlq(stack))}
         assert sorted(dead) == [150, 300]
-        assert stored_ns(server) == [n for n in range(300) if n != 150]
+        assert stored_ns(server) == [n for n in range(300) if n != 150]  # each good entry once
         too_old = dead[150].headers
         assert too_old[h.ERROR_CLASS] == b"FatalSinkError" and too_old[h.ERROR_REASON] == b"fatal"
         assert b'loki 400: entry for stream \'{deck="0", source="vessel-0"' in too_old[h.ERROR_MESSAGE]
         assert b"has timestamp too old" in too_old[h.ERROR_MESSAGE]
-        out_of_order = dead[300].headers[h.ERROR_MESSAGE]
-        assert b"reason: 'entry out of order'" in out_of_order and b"total ignored: 1 out of 1" in out_of_order
-        assert any(p.status == 400 for p in server.pushes())
+        behind = dead[300].headers[h.ERROR_MESSAGE]
+        assert b"reason: 'entry too far behind" in behind and b"total ignored: 1 out of 1" in behind
+        pushes = server.pushes()
+        assert any(p.status == 400 and p.stored > 0 for p in pushes), "a 400 push also stored its good entries"
+        assert sum(p.duplicates for p in pushes) > 0, "bisection re-sent stored entries; Loki dropped them"
+
+
+async def test_redelivery_after_a_sigkill_with_bucketed_streams_stores_each_entry_once(stack: Stack) -> None:
+    """LOKI_MAX_STREAMS=3 and more label sets than that: a worker killed after Loki stored its push and
+    before it committed; the next worker sends the same events again, into the same streams, and Loki
+    drops them as exact duplicates. (Before, the first sets a worker saw kept their own streams, so the
+    new worker put the events into other streams and Loki stored them twice.)"""
+    with loki_server() as server:
+        await start(stack, LOKI_URL=server.url, LOKI_MAX_STREAMS="3", LOKI_TIMEOUT_MS="10000")
+        first = stack.worker("first")
+        earlier = [n for n in range(30) if n % 10 < 3]  # 3 label sets (source n % 5, deck n % 2)
+        await produce(stack.bootstrap, stack.ingest_topic, messages(earlier))
+        await wait_stored(stack, server, len(earlier))
+        later = [n for n in range(100, 170) if n % 10 >= 3]  # 7 other label sets
+        server.script(Forced(204, after_store=True, hold=30))  # stored, then no answer
+        await produce(stack.bootstrap, stack.ingest_topic, messages(later))
+
+        async def stored() -> int:
+            return server.count()
+
+        await poll(stored, lambda n: n > len(earlier), timeout=60, interval=0.05, what="the push stored")
+        first.kill()
+        group, topic = f"{stack.app_id}.deliver.loki", stack.sink_topic("loki")
+        assert await group_lag(stack.bootstrap, group, topic) != 0, "committed before the kill: proves nothing"
+
+        stack.worker("second")
+        await wait_stored(stack, server, len(earlier) + len(later))
+        assert stored_ns(server) == sorted(earlier + later)
+        assert len(server.label_sets()) <= 3 and all(set(s) == {"stream_bucket"} for s in server.label_sets())
+        assert sum(p.duplicates for p in server.pushes()) > 0, "the redelivered entries were re-sent"
+        assert await topic_size(stack.bootstrap, dlq(stack)) == 0
 
 
 async def test_401_is_fatal_and_goes_to_the_dlq(stack: Stack) -> None:

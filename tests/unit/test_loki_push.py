@@ -4,6 +4,7 @@ bodies are decoded by tests/loki_server.py, which reads the protobuf wire format
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,8 @@ from typing import Any
 import cramjam
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, display_value, iter_effective, load_settings
 from pipeline.events import canonical_json, format_timestamp
@@ -31,6 +34,7 @@ from pipeline.sinks.loki.push import (
     parse_record,
     proto,
     sanitize_label_name,
+    stream_bucket,
     timestamp_ns,
 )
 from pipeline.sinks.loki.sink import LokiSink
@@ -103,26 +107,61 @@ def test_long_label_values_are_cut_to_2048_bytes_on_a_character_boundary() -> No
     assert len(pairs["source"].encode()) == 2048 and pairs["source"] == "é" * 1024
 
 
-def test_cardinality_cap_falls_back_to_the_overflow_streams() -> None:
-    labeler = StreamLabeler(label_keys=("source", "type"), max_streams=2)
-    assert labeler.labels_for({"source": "a", "type": "1"})[0] == '{source="a", type="1"}'
-    assert labeler.labels_for({"source": "a", "type": "2"})[0] == '{source="a", type="2"}'
-    # Stream number 3 would be new: the overflow stream of its source instead.
-    assert labeler.labels_for({"source": "a", "type": "3"})[0] == '{overflow="true", source="a"}'
-    assert labeler.labels_for({"source": "b", "type": "1"})[0] == '{overflow="true", source="b"}'
-    # Known sets keep their own stream; known overflow streams are reused.
-    assert labeler.labels_for({"source": "a", "type": "1"})[0] == '{source="a", type="1"}'
-    assert labeler.labels_for({"source": "b", "type": "9"})[0] == '{overflow="true", source="b"}'
-    # Per-source overflow streams are capped at max_streams too; then the single catch-all stream.
-    assert labeler.labels_for({"source": "c", "type": "1"})[0] == '{overflow="true"}'
-    assert labeler.labels_for({"source": "a", "type": "3"})[0] == '{overflow="true", source="a"}'  # stable
-    assert len(labeler.known) == 2 and labeler.stream_count == 5 and labeler.overflowed_events == 5
+def test_without_max_streams_each_label_set_is_its_own_stream() -> None:
+    labeler = StreamLabeler(label_keys=("source", "type"))
+    for n in range(50):
+        key, pairs = labeler.labels_for({"source": f"s{n}", "type": "t"})
+        assert (key, pairs) == (f'{{source="s{n}", type="t"}}', {"source": f"s{n}", "type": "t"})
+    assert labeler.bucketed_events == 0
 
 
-def test_without_source_in_label_keys_the_overflow_stream_has_no_source() -> None:
-    labeler = StreamLabeler(label_keys=("type",), max_streams=1)
-    labeler.labels_for({"source": "a", "type": "1"})
-    assert labeler.labels_for({"source": "a", "type": "2"})[0] == '{overflow="true"}'
+def test_max_streams_puts_each_label_set_in_its_hash_bucket() -> None:
+    labeler = StreamLabeler(label_keys=("source", "type"), max_streams=7)
+    own = '{source="a", type="1"}'
+    bucket = int.from_bytes(hashlib.sha256(own.encode()).digest()[:8], "big") % 7
+    assert stream_bucket(own, 7) == bucket
+    assert labeler.labels_for({"source": "a", "type": "1"}) == (
+        f'{{stream_bucket="{bucket}"}}',
+        {"stream_bucket": str(bucket)},
+    )
+    streams = {labeler.labels_for({"source": f"s{n}", "type": str(n % 3)})[0] for n in range(500)}
+    assert len(streams) == 7 and labeler.bucketed_events == 501
+
+
+label_values = st.text(alphabet='abcdef"\n é✓', min_size=0, max_size=4)
+events_strategy = st.lists(
+    st.fixed_dictionaries(
+        {"source": label_values, "type": label_values, "labels": st.fixed_dictionaries({"deck": label_values})}
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(
+    events=events_strategy,
+    max_streams=st.sampled_from([0, 1, 3, 1000]),
+    order=st.randoms(use_true_random=False),
+    workers=st.integers(min_value=1, max_value=4),
+)
+def test_an_events_stream_does_not_depend_on_the_events_a_worker_saw_before(
+    events: list[dict[str, Any]], max_streams: int, order: Any, workers: int
+) -> None:
+    """Any order and any partitioning of the same events over workers (and restarts: a new labeler)
+    gives every event the same stream; with max_streams = N there are at most N streams."""
+
+    def labeler() -> StreamLabeler:
+        return StreamLabeler(label_keys=("source", "type"), event_label_allowlist=("deck",), max_streams=max_streams)
+
+    reference = labeler()
+    expected = [reference.labels_for(event) for event in events]
+    shuffled = list(enumerate(events))
+    order.shuffle(shuffled)
+    labelers = [labeler() for _ in range(workers)]
+    for i, event in shuffled:
+        assert labelers[order.randrange(workers)].labels_for(event) == expected[i]
+    if max_streams:
+        assert len({key for key, _ in expected}) <= max_streams
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,6 +356,76 @@ async def test_open_does_not_fail_on_a_404_ready_and_sends_tenant_and_auth(serve
 
 
 # --------------------------------------------------------------------------------------------------
+# The test server follows Loki's rules for duplicates, order and partial accepts
+
+
+S = '{source="s"}'
+T0 = int(NOW.timestamp()) * 1_000_000_000
+SECOND = 1_000_000_000
+
+
+def push(server: LokiServer, streams: dict[str, list[tuple[int, str]]]) -> httpx.Response:
+    """A JSON push with entries exactly in the given order (the sink would sort them)."""
+    doc = {
+        "streams": [
+            {"stream": parse_labels(labels), "values": [[str(ts), line] for ts, line in entries]}
+            for labels, entries in streams.items()
+        ]
+    }
+    return httpx.post(server.url + "/loki/api/v1/push", json=doc)
+
+
+def test_exact_duplicates_are_dropped_and_a_same_timestamp_other_line_is_kept(server: LokiServer) -> None:
+    first = [(T0 + n, f"line {n}") for n in range(5)]
+    assert push(server, {S: first}).status_code == 204
+    assert push(server, {S: first[::-1]}).status_code == 204  # re-sent, in another order
+    assert push(server, {S: [(T0, "line 0 again"), (T0 + 1, "line 1")]}).status_code == 204
+    assert server.streams()[S] == [*first, (T0, "line 0 again")]
+    assert [(p.stored, p.duplicates) for p in server.pushes()] == [(5, 0), (0, 5), (1, 1)]
+    # Another stream holds its own entries: the same timestamp and line there is no duplicate.
+    assert push(server, {'{source="t"}': first[:1]}).status_code == 204
+    assert server.count() == 7
+
+
+def test_a_resent_entry_too_far_behind_is_rejected_although_stored() -> None:
+    with loki_server(max_chunk_age=60) as server:  # unordered writes: the window is 30 s behind the newest
+        assert push(server, {S: [(T0, "old"), (T0 + 10 * SECOND, "mid")]}).status_code == 204
+        assert push(server, {S: [(T0 + 40 * SECOND, "new")]}).status_code == 204
+        # "old" is stored, but now 40 s behind the newest: Loki rejects it before any duplicate check.
+        response = push(server, {S: [(T0, "old"), (T0 + 10 * SECOND, "mid")]})
+        assert response.status_code == 400
+        assert "reason: 'entry too far behind" in response.text and "total ignored: 1 out of 2" in response.text
+        # The stream's last entry is recognised before the order checks; "mid" is within the window.
+        assert push(server, {S: [(T0 + 40 * SECOND, "new")]}).status_code == 204
+        assert server.count() == 3 and server.pushes()[-2].duplicates == 1
+
+
+def test_ordered_writes_drop_only_a_repeat_of_the_last_entry() -> None:
+    with loki_server(unordered_writes=False) as server:
+        entries = [(T0 + n, f"line {n}") for n in range(3)]
+        assert push(server, {S: entries}).status_code == 204
+        assert push(server, {S: entries[-1:]}).status_code == 204  # the last entry again: dropped
+        response = push(server, {S: entries})  # the others are older than the newest: out of order
+        assert response.status_code == 400
+        assert response.text.count("reason: 'entry out of order'") == 2 and "total ignored: 2 out of 3" in response.text
+        assert push(server, {S: [(T0 + 2, "same time, other line")]}).status_code == 204
+        assert server.count() == 4
+
+
+def test_a_push_with_rejected_entries_keeps_its_valid_ones(server: LokiServer) -> None:
+    ancient = T0 - 8 * 86_400 * SECOND
+    good = [(T0 + n, f"line {n}") for n in range(4)]
+    response = push(server, {S: [*good[:2], (ancient, "too old"), *good[2:]], '{source="u"}': [(T0, "u")]})
+    assert response.status_code == 400
+    assert response.text.startswith(f"entry for stream '{S}' has timestamp too old")
+    assert server.streams() == {S: good, '{source="u"}': [(T0, "u")]}
+    # Bisection re-sends the good entries: exact duplicates, dropped; the bad one alone is rejected again.
+    assert push(server, {S: good[:2]}).status_code == 204 and push(server, {S: good[2:]}).status_code == 204
+    assert push(server, {S: [(ancient, "too old")]}).status_code == 400
+    assert server.count() == 5 and sum(p.duplicates for p in server.pushes()) == 4
+
+
+# --------------------------------------------------------------------------------------------------
 # Settings
 
 
@@ -348,7 +457,7 @@ def test_env_names_and_comma_separated_lists() -> None:
 def test_defaults() -> None:
     loki = LokiSinkSettings(name="loki")
     assert (loki.encoding, loki.label_keys, loki.event_label_allowlist) == ("protobuf", ["source", "type"], [])
-    assert (loki.max_streams, loki.max_push_bytes, loki.max_line_bytes) == (1000, 1_048_576, 262_144)
+    assert (loki.max_streams, loki.max_push_bytes, loki.max_line_bytes) == (0, 1_048_576, 262_144)
 
 
 def test_push_url_accepts_the_full_push_path_and_strips_credentials() -> None:
@@ -363,7 +472,7 @@ def test_push_url_accepts_the_full_push_path_and_strips_credentials() -> None:
         ({"LOKI_LABEL_KEYS": "source,host"}, "unknown event field"),
         ({"LOKI_LABEL_KEYS": "id"}, "must contain source or type"),
         ({"LOKI_EVENT_LABEL_ALLOWLIST": "a.b,a-b"}, "both become the Loki label 'a_b'"),
-        ({"LOKI_EVENT_LABEL_ALLOWLIST": "overflow"}, "reserved"),
+        ({"LOKI_EVENT_LABEL_ALLOWLIST": "stream.bucket"}, "reserved"),
         ({"LOKI_EVENT_LABEL_ALLOWLIST": "__x"}, "reserved in Loki"),
         ({"LOKI_EVENT_LABEL_ALLOWLIST": ",".join(f"l{i}" for i in range(14))}, "at most 15"),
         ({"LOKI_MAX_LINE_BYTES": "2000000"}, "must not exceed max_push_bytes"),

@@ -40,7 +40,9 @@ class HttpSinkSettings(SinkSettings):
         "X-Pipeline-Signature", description='header carrying "sha256=<hex HMAC-SHA256 of the body bytes sent>"'
     )
     idempotency_header: str = Field(
-        "Idempotency-Key", description="header carrying the batch key: sha256 hex of the batch's sorted event hashes"
+        "Idempotency-Key",
+        description="header carrying the request key: sha256 hex of the body's event hashes in order "
+        "(names the request, not its events: dedupe events by event_hash)",
     )
     gzip: bool = Field(False, description="gzip the body (Content-Encoding: gzip); the signature covers the gzip")
     success_codes: list[str] = Field(

@@ -2,12 +2,15 @@
 
 Every request carries:
   Content-Type: application/json
-  Idempotency-Key: <hex sha256 of the batch's distinct event hashes, sorted, joined by "\\n">
-      A deterministic function of which events are in the batch (not of their order), so a batch that is
-      retried, or redelivered after a crash, carries the same key and the receiver can drop the repeat.
-      After a fatal failure the runner bisects the batch: each half is a different set of events and gets
-      its own key; a retry tier regroups events, and a regrouped batch has its own key too. The event hash
-      in every entry stays the per-event idempotency key.
+  Idempotency-Key: <hex sha256 of the request's event hashes, in body order, joined by "\\n">
+      Names exactly this request body: the same body sent again (the same events in the same order)
+      carries the same key, and a key never comes with other events or another order, as receivers that
+      follow the Idempotency-Key draft (a reused key with another payload is refused, 422) require. The pipeline
+      does not promise to send a failed request again as it was: a retryable failure moves its events
+      to retry tiers, which regroup them; a fatal one is bisected; a redelivery after a crash is
+      grouped anew. Each of those requests has its own key. So the key lets a receiver recognise a
+      repeated request, never a repeated event: dedupe by the `event_hash` of each entry, which is the
+      same for an event in every request, retry and redelivery.
   X-Pipeline-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes sent>   (when a secret is set)
       With gzip on, the signature is over the gzip-compressed bytes (what is on the wire): verify it before
       decompressing. The gzip stream is deterministic (mtime 0), so a retried batch has the same signature.
@@ -159,10 +162,9 @@ class HttpSink(Sink):
 
 
 def idempotency_key(batch: list[SinkRecord]) -> str:
-    """Hex sha256 of the batch's distinct event hashes, sorted and joined by newlines: the same set of
-    events always gives the same key, whatever their order."""
-    hashes = sorted({r.event_hash for r in batch})
-    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+    """Hex sha256 of the batch's event hashes in body order, joined by newlines: one key per request
+    body (the same events in the same order), never one key for two different bodies."""
+    return hashlib.sha256("\n".join(r.event_hash for r in batch).encode()).hexdigest()
 
 
 def signature(key: bytes, body: bytes) -> str:

@@ -6,8 +6,9 @@ LOKI_PASSWORD, LOKI_BEARER_TOKEN, LOKI_ENCODING, LOKI_LABEL_KEYS ("source,type")
 
 Stream labels (see pipeline.sinks.loki.push for the exact rules): the event fields named in `label_keys`
 plus the event labels named in `event_label_allowlist`, names sanitised to Loki's `[a-zA-Z_][a-zA-Z0-9_]*`.
-At most `max_streams` distinct label sets per worker; an event that would open one more goes to an overflow
-stream `{overflow="true", source="<source>"}` instead (the line keeps the whole event, labels included).
+`max_streams` = 0 (default): each label set is its own stream. `max_streams` = N: every event goes to one of N
+streams `{stream_bucket="<k>"}`, k a hash of its label set: the same stream on every worker, so a redelivered
+event is an exact duplicate that Loki drops (the line keeps the whole event, labels included).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pipeline.sinks.settings import SinkSettings
 
 # Event fields that may become stream labels: the top-level strings of the canonical body.
 LABEL_FIELDS = ("source", "type", "id")
-# The label that marks an overflow stream; no configured label may use the name.
-OVERFLOW_LABEL = "overflow"
+# The label of the hash-bucket streams (max_streams > 0); no configured label may use the name.
+BUCKET_LABEL = "stream_bucket"
 # Loki's default per-tenant limits (limits_config): max_label_names_per_series, max_label_name_length.
 LOKI_MAX_LABEL_NAMES = 15
 LOKI_MAX_LABEL_NAME_LENGTH = 1024
@@ -60,7 +61,11 @@ class LokiSinkSettings(SinkSettings):
         description='keys of the event\'s "labels" that become stream labels when present (env: "deck,unit")',
     )
     max_streams: int = Field(
-        1000, ge=1, le=1_000_000, description="distinct label sets per worker; more go to the overflow streams"
+        0,
+        ge=0,
+        le=1_000_000,
+        description="0 = each label set is its own stream; N = every event goes to one of N streams "
+        '{stream_bucket="<k>"} chosen by a hash of its label set (the same on every worker)',
     )
     max_push_bytes: int = Field(
         1_048_576, ge=1024, description="upper bound of one push body before compression; a batch is split"
@@ -134,11 +139,11 @@ class LokiSinkSettings(SinkSettings):
         from pipeline.sinks.loki.push import sanitize_label_name
 
         names = {sanitize_label_name(key) for key in self.event_label_allowlist}
-        clash = sorted(names & ({OVERFLOW_LABEL} | set(self.label_keys)))
+        clash = sorted(names & ({BUCKET_LABEL} | set(self.label_keys)))
         if clash:
             raise ValueError(
                 f"event_label_allowlist: {clash} would clash with the label(s) of label_keys or the reserved "
-                f"{OVERFLOW_LABEL!r} label"
+                f"{BUCKET_LABEL!r} label"
             )
         if len(self.label_keys) + len(self.event_label_allowlist) > LOKI_MAX_LABEL_NAMES:
             raise ValueError(

@@ -10,15 +10,21 @@ Stream labels of an event, exactly:
      boundary.
   3. The set is written in Loki's form, names sorted: {name="value", name2="value2"}, with backslash,
      double quote, newline, carriage return and tab escaped as \\\\ \\" \\n \\r \\t.
-  4. Cardinality cap (`StreamLabeler`, per worker process, for its lifetime): the first `max_streams`
-     distinct label sets are used as they are. An event whose label set is not among them once that many
-     exist opens no new stream of its own; it goes to the overflow stream of its source,
-     {overflow="true", source="<source>"} (just {overflow="true"} when "source" is not in label_keys). Those
-     per-source overflow streams are capped at `max_streams` as well; past that, the event goes to the one
-     stream {overflow="true"}. So a worker pushes to at most 2 * max_streams + 1 streams. Once an event's
-     label set is chosen it stays chosen for the process (the known sets only grow), so a retried event
-     lands in the same stream and Loki drops the exact duplicate. The line always carries the whole event,
-     labels included, so nothing is lost to the fallback (query it with `| json`).
+  4. Cardinality bound (`StreamLabeler`): a pure function of the event and the settings, the same on every
+     worker, after every restart and in every retry tier, whatever events came before. With
+     `max_streams` = 0 (the default) the stream is the label set itself. With `max_streams` = N > 0 every
+     event goes to one of N streams, {stream_bucket="<k>"} with k = the first 8 bytes of sha256(labels
+     string of step 3), big-endian, modulo N: one stream for events of the same label set, at most N
+     streams for the sink across all workers. The line always carries the whole event, labels included,
+     so nothing is lost to the bucketing (query `{stream_bucket=~".+"} | json | source="..."`).
+     Why no "first N label sets keep their own stream, the rest overflow": which sets came first depends
+     on the order a worker saw events, so an event redelivered to another worker (or after a restart)
+     would land in another stream, and Loki, which drops an entry only when the same stream holds the
+     same timestamp and line, would store it twice. The trade-off: with N > 0 label values are not
+     searchable as stream labels, and a stream mixes the timestamps of many label sets (Loki's
+     out-of-order window applies to the bucket). Changing label_keys, event_label_allowlist or
+     max_streams moves events to other streams: an event re-sent after such a change (from a retry
+     tier, or redelivered after a crash) can be stored a second time, in its new stream.
 
 Entry: timestamp = the event's timestamp in nanoseconds; line = the event's canonical JSON body, unchanged.
 Within a stream, entries are sorted by timestamp (stable), as Loki rejects out-of-order entries per stream
@@ -39,6 +45,7 @@ rare). Sizes are computed exactly from the wire format, not estimated.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +58,7 @@ import orjson
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 from google.protobuf.message import Message
 
-from pipeline.sinks.loki.config import OVERFLOW_LABEL
+from pipeline.sinks.loki.config import BUCKET_LABEL
 
 MAX_LABEL_VALUE_BYTES = 2048  # Loki's default limits_config.max_label_value_length
 _INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_]")
@@ -94,22 +101,27 @@ def format_labels(labels: Mapping[str, str]) -> str:
     return "{" + ", ".join(f'{name}="{escape_label_value(labels[name])}"' for name in sorted(labels)) + "}"
 
 
+def stream_bucket(labels: str, buckets: int) -> int:
+    """The bucket of a labels string: sha256, first 8 bytes big-endian, modulo `buckets` (step 4)."""
+    digest = hashlib.sha256(labels.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % buckets
+
+
 @dataclass
 class StreamLabeler:
-    """Chooses each event's stream label set, with the per-worker cardinality cap (see module doc)."""
+    """Chooses each event's stream: a pure function of the event and these settings (see module doc)."""
 
     label_keys: Sequence[str] = ("source", "type")
     event_label_allowlist: Sequence[str] = ()
-    max_streams: int = 1000
-    known: dict[str, dict[str, str]] = field(default_factory=dict)  # labels string -> pairs
-    overflow: dict[str, dict[str, str]] = field(default_factory=dict)
-    overflowed_events: int = 0
+    max_streams: int = 0  # 0 = each label set is its own stream; N = N hash buckets
+    bucketed_events: int = 0
 
     def __post_init__(self) -> None:
         self._allow = [(key, sanitize_label_name(key)) for key in self.event_label_allowlist]
+        self._buckets: dict[int, tuple[str, dict[str, str]]] = {}
 
     def full_labels(self, event: Mapping[str, Any]) -> dict[str, str]:
-        """The event's own label set, before the cap (steps 1 and 2)."""
+        """The event's own label set, before the bound (steps 1 and 2)."""
         labels: dict[str, str] = {}
         for key in self.label_keys:
             value = event.get(key)
@@ -127,26 +139,15 @@ class StreamLabeler:
         """(labels string, pairs) of the stream the event goes to."""
         labels = self.full_labels(event)
         key = format_labels(labels)
-        if key in self.known:
-            return key, self.known[key]
-        if len(self.known) < self.max_streams:
-            self.known[key] = labels
+        if not self.max_streams:
             return key, labels
-        self.overflowed_events += 1
-        fallback = {OVERFLOW_LABEL: "true"}
-        if "source" in self.label_keys and "source" in labels:
-            per_source = {**fallback, "source": labels["source"]}
-            per_key = format_labels(per_source)
-            if per_key in self.overflow or len(self.overflow) < self.max_streams:
-                self.overflow.setdefault(per_key, per_source)
-                return per_key, per_source
-        key = format_labels(fallback)
-        self.overflow.setdefault(key, fallback)
-        return key, fallback
-
-    @property
-    def stream_count(self) -> int:
-        return len(self.known) + len(self.overflow)
+        self.bucketed_events += 1
+        bucket = stream_bucket(key, self.max_streams)
+        stream = self._buckets.get(bucket)
+        if stream is None:
+            pairs = {BUCKET_LABEL: str(bucket)}
+            stream = self._buckets[bucket] = (format_labels(pairs), pairs)
+        return stream[0], dict(stream[1])
 
 
 # --------------------------------------------------------------------------------------------------

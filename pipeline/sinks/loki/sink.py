@@ -1,18 +1,26 @@
 """Grafana Loki sink: pushes each event as one log line to POST {url}/loki/api/v1/push.
 
-Labels, entries, the cardinality cap, splitting and the two encodings are in pipeline.sinks.loki.push.
+Labels, entries, the bound on streams, splitting and the two encodings are in pipeline.sinks.loki.push.
 
-Idempotence: an event always becomes the same entry (same stream, timestamp and line), and Loki ignores
-an exact duplicate of an entry it has, so writing a batch again (a retry, a redelivery after a crash, the
-halves of a bisected batch) stores every event once.
+Idempotence: an event always becomes the same entry (same stream, timestamp and line) on every worker,
+after every restart and from every retry tier: its stream is a function of the event and the settings alone
+(pipeline.sinks.loki.push, step 4). Loki drops an entry only when the same stream already holds the same
+timestamp and the same line, so writing a batch again (a retry, a redelivery after a crash, the halves of a
+bisected batch) stores every event once, as long as Loki accepts the entry again: with unordered writes
+(Loki >= 2.4, the default) an entry older than its stream's newest minus max_chunk_age/2 is rejected as
+"too far behind", duplicate or not (only the stream's very last entry is recognised before that check);
+with unordered_writes=false any entry older than the stream's newest is "out of order"; and an entry older
+than reject_old_samples_max_age (7 days) is "too old". Such a re-sent entry goes to the DLQ although Loki
+holds it: stored once, never twice.
 
 Classification of a push's response (the sink never retries by itself):
   2xx                                     ok
   retryable per retry.retryable_status    RetryableSinkError with Retry-After (default 408, 425, 429, 5xx)
   (429, 5xx, ...)
   400 (too old, out of order, bad labels) FatalSinkError with Loki's message. Loki keeps the valid entries
-                                          of that push, so the runner's bisection resends them harmlessly
-                                          and ends with only the rejected event in the DLQ.
+                                          of that push, so the runner's bisection resends them, Loki drops
+                                          them as exact duplicates, and only the rejected event ends in the
+                                          DLQ (see Idempotence for the limits of "drops").
   other 4xx (401, 403, 413, ...)          FatalSinkError
   httpx timeout                           SinkTimeout
   connection error                        SinkUnavailable
@@ -137,9 +145,8 @@ class LokiSink(Sink):
         return {
             "sink": self.name,
             "ok": self._client is not None,
-            "streams": len(self.labeler.known),
-            "overflow_streams": len(self.labeler.overflow),
-            "overflowed_events": self.labeler.overflowed_events,
+            "max_streams": self.settings.max_streams,
+            "bucketed_events": self.labeler.bucketed_events,
             "pushes": self.pushes,
             "last_push_at": self.last_push_at,
         }
