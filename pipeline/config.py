@@ -121,6 +121,7 @@ class Settings(BaseSettings):
         return [s for s in self.sinks.values() if s.enabled]
 
     def topics_path(self) -> Path:
+        """TOPICS_FILE (env or file) when set, else the catalog shipped in the package."""
         from pipeline.topics import default_topics_path
 
         return self.topics_file or default_topics_path()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence, Set
@@ -153,14 +152,14 @@ class TopicsBrokerError(TopicsError, RuntimeError):
 
 
 def default_topics_path() -> Path:
-    """``$TOPICS_FILE``, else ``./topics.yaml`` if it exists, else the repo-root ``topics.yaml``."""
-    env = os.environ.get("TOPICS_FILE")
-    if env:
-        return Path(env)
-    local = Path("topics.yaml")
-    if local.is_file():
-        return local
-    return Path(pipeline.__file__).resolve().parents[1] / "topics.yaml"
+    """The topic catalog shipped inside the package (``pipeline/topics.yaml``, package data).
+
+    It does not depend on the current directory or the environment: ``TOPICS_FILE`` (env or config
+    file) goes through the settings model (:meth:`pipeline.config.Settings.topics_path`), and
+    ``pipeline topics --file`` overrides both. The repository's top-level ``topics.yaml`` is a link to
+    this file, so there is one catalog to edit.
+    """
+    return Path(pipeline.__file__).resolve().parent / "topics.yaml"
 
 
 class TopicCatalog:

@@ -123,14 +123,20 @@ def test_no_sinks_gives_no_sink_topics() -> None:
     assert [s.role for s in cat.specs] == ["ingest", "ingest_dlq", "by_hash", "dedupe_changelog"]
 
 
-def test_default_topics_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TOPICS_FILE", raising=False)
+def test_default_topics_path_is_the_packaged_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the current directory nor the environment changes the default: TOPICS_FILE goes through
+    the settings model, and the catalog ships inside the package (the repo's topics.yaml links to it)."""
+    from pipeline.config import load_settings
+
+    packaged = Path(pipeline.__file__).resolve().parent / "topics.yaml"
     monkeypatch.chdir(tmp_path)
-    assert default_topics_path() == REPO_TOPICS
     (tmp_path / "topics.yaml").write_text("x: 1\n")
-    assert default_topics_path() == Path("topics.yaml")
     monkeypatch.setenv("TOPICS_FILE", "/etc/pipeline/topics.yaml")
-    assert default_topics_path() == Path("/etc/pipeline/topics.yaml")
+    assert default_topics_path() == packaged
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert REPO_TOPICS.resolve() == packaged
+    assert load_settings(environ={}).topics_path() == packaged
+    assert load_settings(environ={"TOPICS_FILE": "/etc/t.yaml"}).topics_path() == Path("/etc/t.yaml")
 
 
 # --------------------------------------------------------------------------------------------------

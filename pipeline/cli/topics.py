@@ -19,7 +19,6 @@ from pipeline.topics import (
     TopicsBrokerError,
     TopicsFileError,
     apply_topics,
-    default_topics_path,
     load_topics,
     plan_topics,
 )
@@ -39,8 +38,7 @@ FileOption = Annotated[
     typer.Option(
         "--file",
         "-f",
-        help="Topics file. Default: TOPICS_FILE (env or config file), else ./topics.yaml, "
-        "else the one shipped with the package.",
+        help="Topics file. Default: TOPICS_FILE (env or config file), else the catalog shipped with the package.",
         show_default=False,
         dir_okay=False,
     ),
@@ -74,7 +72,7 @@ def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, str,
         admin_kwargs = dict(settings.kafka.admin_kwargs())
     except Exception as exc:
         _fail(f"config: {_one_line(exc)}")
-    path = file or getattr(settings, "topics_file", None) or default_topics_path()
+    path = file or settings.topics_path()
     try:
         catalog = load_topics(path, topic_vars)
     except TopicsFileError as exc:
