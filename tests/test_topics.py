@@ -322,6 +322,42 @@ BAD_FILES: list[tuple[str, str, str]] = [
         "cleanup.policy must be",
     ),
     (
+        "negative-retention",
+        _replace("config: {cleanup.policy: delete, retention.ms: 604800000}", "config: {retention.ms: -5}  #<"),
+        "retention.ms must be -1 (unlimited) or a number of ms >= 0, got -5",
+    ),
+    (
+        "negative-retention-bytes-from-an-expression",
+        _replace(
+            'retention.ms: "{idempotency_window_ms + 3600000}"',
+            'retention.bytes: "{0 - idempotency_window_ms}"  #<',
+        ),
+        "retention.bytes must be -1 (unlimited)",
+    ),
+    (
+        "retention-beyond-a-long",
+        _replace(
+            "config: {cleanup.policy: delete, retention.ms: 604800000}", "config: {retention.ms: 1" + "0" * 30 + "}  #<"
+        ),
+        "retention.ms must be",
+    ),
+    (
+        "huge-expression",
+        _replace(
+            'retention.ms: "{idempotency_window_ms + 3600000}"',
+            'retention.ms: "{idempotency_window_ms' + " + 1" * 100_000 + '}"  #<',
+        ),
+        "longer than 200 characters",
+    ),
+    (
+        "expression-overflowing-a-long",
+        _replace(
+            'retention.ms: "{idempotency_window_ms + 3600000}"',
+            'retention.ms: "{idempotency_window_ms * 1000000000 * 1000000000 * 1000000000}"  #<',
+        ),
+        "range of a 64-bit integer",
+    ),
+    (
         "config-not-a-mapping",
         _replace("config: {cleanup.policy: delete, retention.ms: 604800000}", "config: [1, 2]  #<"),
         "must be a mapping",
@@ -514,7 +550,10 @@ def _fake_settings(monkeypatch: pytest.MonkeyPatch, vars: TopicVars, bootstrap: 
     kafka = types.SimpleNamespace(bootstrap_servers=bootstrap, admin_kwargs=lambda: {"request_timeout_ms": 5000})
     settings = types.SimpleNamespace(topic_vars=lambda: vars, kafka=kafka, topics_file=None)
     module = types.ModuleType("pipeline.config")
-    module.load_settings = lambda: settings  # type: ignore[attr-defined]
+    module.load_settings_with_provenance = lambda config=None: (  # type: ignore[attr-defined]
+        settings,
+        types.SimpleNamespace(warnings=[]),
+    )
     monkeypatch.setitem(sys.modules, "pipeline.config", module)
 
 

@@ -22,11 +22,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings_or_exit(config: Path | None) -> tuple[Settings, Provenance]:
+def settings_or_exit(config: Path | None, *, echo_warnings: bool = True) -> tuple[Settings, Provenance]:
+    """The settings, or exit 78 with the config error. Warnings (a misspelt env variable) go to stderr;
+    `echo_warnings=False` leaves them to the caller (the worker logs them once its logging is set up)."""
     try:
-        return load_settings_with_provenance(config)
+        settings, provenance = load_settings_with_provenance(config)
     except ConfigError as exc:
         fail(f"config: {exc}", EX_CONFIG)
+    if echo_warnings:
+        for warning in provenance.warnings:
+            typer.echo(f"warning: config: {warning}", err=True)
+    return settings, provenance
 
 
 def stdout_is_terminal() -> bool:

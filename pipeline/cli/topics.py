@@ -64,9 +64,11 @@ def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, str,
     # aiokafka logs connection failures itself; the command reports them as one line instead.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        from pipeline.config import load_settings
+        from pipeline.config import load_settings_with_provenance
 
-        settings = load_settings(config) if config is not None else load_settings()
+        settings, provenance = load_settings_with_provenance(config)
+        for warning in provenance.warnings:
+            typer.echo(f"warning: config: {warning}", err=True)
         topic_vars = settings.topic_vars()
         bootstrap = settings.kafka.bootstrap_servers
         admin_kwargs = dict(settings.kafka.admin_kwargs())
