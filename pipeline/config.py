@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -27,13 +26,13 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
+from pipeline.redact import MASK, mask_url, redact
 from pipeline.reliability.presets import preset_layer
 from pipeline.sinks.registry import BUILTIN_SINKS, sink_types
 from pipeline.sinks.settings import SinkSettings
 from pipeline.topics import SinkTopicVars, TopicVars
 
 CONFIG_ENV = "PIPELINE_CONFIG"
-MASK = "********"
 
 
 class ConfigError(ValueError):
@@ -590,32 +589,23 @@ def _is_secret_path(dotted: str) -> bool:
     return any(word in dotted.rsplit(".", 1)[-1] for word in _SECRET_WORDS)
 
 
-def mask_url(url: str) -> str:
-    """postgresql://user:pw@host/db -> postgresql://user:********@host/db (anything unparsable is masked)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return MASK
-    if not parts.scheme or not parts.netloc:
-        return MASK
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{netloc}"))
-
-
 def display_value(dotted: str, value: Any) -> str:
+    """A setting's value for `config show` and error messages: secrets masked, URLs and DSNs without
+    their passwords, secret query parameters or token-like path segments, every text through the
+    installed redactor (numbers and booleans are shown as they are)."""
     if isinstance(value, SecretStr):
         return mask_url(value.get_secret_value()) if dotted.endswith("dsn") else MASK
     if isinstance(value, str) and dotted.endswith("url"):
-        return mask_url(value) if "@" in value else value
+        return redact(mask_url(value))
     if value is None:
         return "-"
     if _is_secret_path(dotted):
         return MASK
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, int | float):
+        return str(value)
+    return redact(str(value))
 
 
 def iter_effective(settings: Settings) -> Iterator[tuple[str, Any]]:

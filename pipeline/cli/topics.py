@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from pipeline.redact import Redactor, install, redact
 from pipeline.topics import (
     TopicCatalog,
     TopicPlan,
@@ -50,7 +51,7 @@ ConfigFileOption = Annotated[
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -67,6 +68,7 @@ def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, str,
         from pipeline.config import load_settings_with_provenance
 
         settings, provenance = load_settings_with_provenance(config)
+        install(Redactor.from_models(settings))
         for warning in provenance.warnings:
             typer.echo(f"warning: config: {warning}", err=True)
         topic_vars = settings.topic_vars()
