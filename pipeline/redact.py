@@ -154,10 +154,15 @@ def redact_value(value: Any) -> Any:
     return redact(str(value) if isinstance(value, BaseException) else repr(value))
 
 
+# Fields structlog itself adds: they never hold a secret, and a short secret must not garble them.
+_LOG_META = frozenset({"timestamp", "level", "logger"})
+
+
 def redact_event(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: every value of the event (message, exception text, fields) redacted."""
     for key, value in event_dict.items():
-        event_dict[key] = redact_value(value)
+        if key not in _LOG_META:
+            event_dict[key] = redact_value(value)
     return event_dict
 
 
