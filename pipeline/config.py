@@ -19,21 +19,20 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
+from pipeline.redact import MASK, mask_url, redact
 from pipeline.reliability.presets import preset_layer
 from pipeline.sinks.registry import BUILTIN_SINKS, sink_types
 from pipeline.sinks.settings import SinkSettings
 from pipeline.topics import SinkTopicVars, TopicVars
 
 CONFIG_ENV = "PIPELINE_CONFIG"
-MASK = "********"
 
 
 class ConfigError(ValueError):
@@ -50,10 +49,35 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
-    session_timeout_ms: int = Field(10_000, ge=1000, description="a dead worker's partitions move after this")
-    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    # Kafka's default group.min.session.timeout.ms and group.max.session.timeout.ms: outside them the broker
+    # refuses the consumer's join.
+    session_timeout_ms: int = Field(
+        10_000, ge=6_000, le=1_800_000, description="a dead worker's partitions move after this (6 s to 30 min)"
+    )
+    heartbeat_interval_ms: int = Field(3_000, ge=100, le=600_000, description="below session_timeout_ms")
     topic_partitions: int | None = Field(None, ge=1, description="overrides topics.yaml defaults.partitions")
     replication_factor: int | None = Field(None, ge=1, description="overrides defaults.replication_factor")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap_servers(cls, value: str) -> str:
+        servers = [server.strip() for server in value.split(",") if server.strip()]
+        if not servers:
+            raise ValueError("must list at least one broker as host:port, e.g. kafka-1:9092,kafka-2:9092")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if sep and (not host or not port.isdigit() or not 1 <= int(port) <= 65535):
+                raise ValueError(f"{server!r} is not host:port with a port from 1 to 65535")
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session_timeout(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"kafka.heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be lower than "
+                f"kafka.session_timeout_ms ({self.session_timeout_ms}); Kafka advises at most a third of it"
+            )
+        return self
 
     @property
     def servers(self) -> list[str]:
@@ -101,6 +125,7 @@ class Settings(BaseSettings):
     web_enabled: bool = True
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
+    strict_config: bool = Field(False, description="an env variable with a sink's prefix that is no setting fails")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
 
@@ -121,6 +146,7 @@ class Settings(BaseSettings):
         return [s for s in self.sinks.values() if s.enabled]
 
     def topics_path(self) -> Path:
+        """TOPICS_FILE (env or file) when set, else the catalog shipped in the package."""
         from pipeline.topics import default_topics_path
 
         return self.topics_file or default_topics_path()
@@ -178,6 +204,8 @@ class Provenance:
 
     sources: dict[str, str] = field(default_factory=dict)
     env_values: dict[str, str] = field(default_factory=dict)
+    # Problems that do not stop the start (errors with STRICT_CONFIG=true), e.g. a misspelt env variable.
+    warnings: list[str] = field(default_factory=list)
 
     def source_of(self, path: str) -> str:
         return self.sources.get(path, "default")
@@ -203,6 +231,7 @@ _GLOBAL_ENV: dict[str, str] = {
     "web_enabled": "WEB_ENABLED",
     "web_host": "WEB_HOST",
     "web_port": "WEB_PORT",
+    "strict_config": "STRICT_CONFIG",
 }
 _GLOBAL_ENV.update({f"kafka.{name}": f"KAFKA_{name.upper()}" for name in KafkaSettings.model_fields})
 
@@ -293,12 +322,48 @@ def load_settings_with_provenance(
             f"invalid setting deployment_profile (from {prov.source_of('deployment_profile')}): {exc}"
         ) from None
     raw["sinks"] = _load_sinks(path, file_data, file_lines, env, prov, profile)
+    unknown = unknown_sink_env(env, raw["sinks"])
+    prov.warnings.extend(f"{problem}; it is ignored (STRICT_CONFIG=true makes it an error)" for problem in unknown)
 
     try:
         settings = Settings(**raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, prov)) from None
+    if settings.strict_config and unknown:
+        raise ConfigError("; ".join(unknown) + f" (strict_config is on, from {prov.source_of('strict_config')})")
     return settings, prov
+
+
+# Variables of other programs that a sink's prefix happens to match (the sink named "http" has prefix HTTP_).
+FOREIGN_ENV = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"})
+
+
+def known_env_names(sinks: Mapping[str, SinkSettings]) -> set[str]:
+    """Every env variable the loader reads for these sinks and for the global settings."""
+    names = {*_GLOBAL_ENV.values(), CONFIG_ENV}
+    for leaf in sink_leaves(SinkSettings):
+        names.update(_default_env_names(leaf))
+    for name, sink in sinks.items():
+        names.update(f"{env_prefix(name)}_{leaf.suffix}" for leaf in sink_leaves(type(sink)))
+    return names
+
+
+def unknown_sink_env(env: Mapping[str, str], sinks: Mapping[str, SinkSettings]) -> list[str]:
+    """One line per env variable that starts with a sink's prefix (TSDB_, LOKI_, ...) but sets nothing,
+    with the closest setting's variable. A variable is judged by the longest prefix it matches (TSDB_ARCHIVE_X
+    belongs to a sink named tsdb_archive); FOREIGN_ENV and anything without a sink's prefix are left alone."""
+    known = known_env_names(sinks)
+    prefixes = sorted(((env_prefix(name), name) for name in sinks), key=lambda p: len(p[0]), reverse=True)
+    problems: list[str] = []
+    for variable in sorted(env):
+        if variable in known or variable in FOREIGN_ENV:
+            continue
+        owner = next((name for prefix, name in prefixes if variable.startswith(prefix + "_")), None)
+        if owner is None:
+            continue
+        own = {f"{env_prefix(owner)}_{leaf.suffix}" for leaf in sink_leaves(type(sinks[owner]))}
+        problems.append(f"env {variable} is not a setting of sink {owner!r}{_suggest(variable, own)}")
+    return problems
 
 
 def _load_sinks(
@@ -490,8 +555,27 @@ def _describe(exc: ValidationError, prov: Provenance, loc_prefix: tuple[str, ...
         if dotted in prov.env_values and not _is_secret_path(dotted):
             shown = f"={display_value(dotted, prov.env_values[dotted])!r}"
         where = f" (from {source}{shown})" if source != "default" else ""
-        problems.append(f"invalid setting {dotted}{where}: {error['msg']}")
+        problems.append(f"invalid setting {dotted}{where}: {error['msg']}{_in_units(dotted, error)}")
     return "; ".join(problems)
+
+
+_BOUND_ERRORS = ("less_than_equal", "less_than", "greater_than_equal", "greater_than")
+
+
+def _in_units(dotted: str, error: Any) -> str:
+    """' ms (1 h)' after a bound on a duration setting, so the limit reads as a time."""
+    ctx = error.get("ctx") or {}
+    limit = next((ctx[k] for k in ("le", "lt", "ge", "gt") if k in ctx), None)
+    if error.get("type") not in _BOUND_ERRORS or not isinstance(limit, int | float) or limit <= 0:
+        return ""
+    leaf = dotted.rsplit(".", 1)[-1]
+    seconds = limit / 1000 if leaf.endswith("_ms") else limit if leaf.endswith("_sec") else None
+    if seconds is None:
+        return ""
+    for unit, size in (("day", 86_400), ("h", 3600), ("min", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f" {'ms' if leaf.endswith('_ms') else 's'} ({seconds // size:g} {unit})"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,32 +589,23 @@ def _is_secret_path(dotted: str) -> bool:
     return any(word in dotted.rsplit(".", 1)[-1] for word in _SECRET_WORDS)
 
 
-def mask_url(url: str) -> str:
-    """postgresql://user:pw@host/db -> postgresql://user:********@host/db (anything unparsable is masked)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return MASK
-    if not parts.scheme or not parts.netloc:
-        return MASK
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{netloc}"))
-
-
 def display_value(dotted: str, value: Any) -> str:
+    """A setting's value for `config show` and error messages: secrets masked, URLs and DSNs without
+    their passwords, secret query parameters or token-like path segments, every text through the
+    installed redactor (numbers and booleans are shown as they are)."""
     if isinstance(value, SecretStr):
         return mask_url(value.get_secret_value()) if dotted.endswith("dsn") else MASK
     if isinstance(value, str) and dotted.endswith("url"):
-        return mask_url(value) if "@" in value else value
+        return redact(mask_url(value))
     if value is None:
         return "-"
     if _is_secret_path(dotted):
         return MASK
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, int | float):
+        return str(value)
+    return redact(str(value))
 
 
 def iter_effective(settings: Settings) -> Iterator[tuple[str, Any]]:

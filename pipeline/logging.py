@@ -1,5 +1,6 @@
 """Structured logs: JSON lines in production, key=value on a terminal. Faust's and aiokafka's stdlib
-loggers go through the same formatter, so one worker writes one format."""
+loggers go through the same formatter, so one worker writes one format, and through the redactor
+(pipeline.redact), so no configured secret and no credential-shaped text leaves in a log line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from typing import Any
 
 import structlog
+
+from pipeline.redact import redact_event
 
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
@@ -36,6 +39,7 @@ def logging_dict_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,
+                    redact_event,  # last before rendering: the message, every field, the traceback
                     _renderer(fmt),
                 ],
                 "foreign_pre_chain": _SHARED,

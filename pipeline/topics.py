@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence, Set
@@ -153,14 +152,14 @@ class TopicsBrokerError(TopicsError, RuntimeError):
 
 
 def default_topics_path() -> Path:
-    """``$TOPICS_FILE``, else ``./topics.yaml`` if it exists, else the repo-root ``topics.yaml``."""
-    env = os.environ.get("TOPICS_FILE")
-    if env:
-        return Path(env)
-    local = Path("topics.yaml")
-    if local.is_file():
-        return local
-    return Path(pipeline.__file__).resolve().parents[1] / "topics.yaml"
+    """The topic catalog shipped inside the package (``pipeline/topics.yaml``, package data).
+
+    It does not depend on the current directory or the environment: ``TOPICS_FILE`` (env or config
+    file) goes through the settings model (:meth:`pipeline.config.Settings.topics_path`), and
+    ``pipeline topics --file`` overrides both. The repository's top-level ``topics.yaml`` is a link to
+    this file, so there is one catalog to edit.
+    """
+    return Path(pipeline.__file__).resolve().parent / "topics.yaml"
 
 
 class TopicCatalog:
@@ -349,6 +348,24 @@ _INTEGER_CONFIGS = frozenset(
     if k.endswith((".ms", ".bytes", ".messages", ".replicas", ".level")) and "throttled" not in k
 )
 _CLEANUP_POLICIES = frozenset({"compact", "delete"})
+#: The smallest value Kafka accepts for an integer topic config, and what it means there (Kafka's
+#: TopicConfig validators). -1 means "unlimited" for retention; -2 means "as retention.*" for local.*.
+_CONFIG_MINIMUM: Mapping[str, tuple[int, str]] = {
+    "retention.ms": (-1, "-1 (unlimited) or a number of ms >= 0"),
+    "retention.bytes": (-1, "-1 (unlimited) or a number of bytes >= 0"),
+    "local.retention.ms": (-2, "-2 (as retention.ms), -1 (unlimited) or a number of ms >= 0"),
+    "local.retention.bytes": (-2, "-2 (as retention.bytes), -1 (unlimited) or a number of bytes >= 0"),
+    "segment.bytes": (14, "at least 14 bytes"),
+    "segment.ms": (1, "at least 1 ms"),
+    "segment.index.bytes": (4, "at least 4 bytes"),
+    "max.message.bytes": (0, ">= 0 bytes"),
+    "min.insync.replicas": (1, "at least 1"),
+    "flush.messages": (1, "at least 1"),
+}
+#: Kafka stores integer topic configs as Java longs.
+_LONG_MAX = 2**63 - 1
+#: Longest expression inside one template's braces; longer ones are refused before parsing.
+MAX_EXPRESSION_CHARS = 200
 
 
 @dataclass
@@ -396,6 +413,8 @@ class _Loader:
             raise self.error(line, f"invalid YAML: {problem}") from None
         except YAMLError as exc:
             raise self.error(1, f"invalid YAML: {exc}") from None
+        except RecursionError:
+            raise self.error(1, "invalid YAML: nested too deeply") from None
         if data is None:
             raise self.error(1, "the file is empty; expected a mapping with 'defaults' and 'topics'")
         if not isinstance(data, CommentedMap):
@@ -447,6 +466,10 @@ class _Loader:
                 raise self.error(line, f"{what}: unbalanced {body!r} in {text!r} (write {body * 2} for a literal)")
             if kind != "expr":
                 continue
+            if len(body) > MAX_EXPRESSION_CHARS:
+                raise self.error(
+                    line, f"{what}: the expression {{{body[:30]}...}} is longer than {MAX_EXPRESSION_CHARS} characters"
+                )
             try:
                 used = _expression_names(body)
             except ValueError as exc:
@@ -633,9 +656,14 @@ class _Loader:
     def check_config_value(self, key: str, value: str, line: int, what: str) -> None:
         if key in _INTEGER_CONFIGS:
             try:
-                int(value)
+                number = int(value)
             except ValueError:
-                raise self.error(line, f"{what}.{key} must be an integer, got {value!r}") from None
+                raise self.error(line, f"{what}.{key} must be an integer, got {value[:40]!r}") from None
+            minimum, meaning = _CONFIG_MINIMUM.get(key, (0, "an integer >= 0"))
+            if key.startswith("compression.") and key.endswith(".level"):
+                minimum, meaning = -(2**31), "an integer"
+            if not minimum <= number <= _LONG_MAX:
+                raise self.error(line, f"{what}.{key} must be {meaning}, got {value[:40]}")
         if key == "cleanup.policy":
             parts = [p.strip() for p in value.split(",")]
             if not parts or any(p not in _CLEANUP_POLICIES for p in parts):
@@ -780,7 +808,7 @@ def _parse_expression(body: str) -> ast.expr:
         raise ValueError("empty expression")
     try:
         tree = ast.parse(body, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):  # too deeply nested counts as not an expression
         raise ValueError("not a variable name or an integer expression") from None
     return tree.body
 
@@ -820,9 +848,9 @@ def _evaluate(body: str, env: Mapping[str, str | int]) -> str | int:
         if isinstance(node, ast.Name):
             return env[node.id]
         if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
+            return _in_range(node.value)
         if isinstance(node, ast.BinOp):
-            return _BIN_OPS[type(node.op)](_int(ev(node.left)), _int(ev(node.right)))
+            return _in_range(_BIN_OPS[type(node.op)](_int(ev(node.left)), _int(ev(node.right))))
         if isinstance(node, ast.UnaryOp):
             return -_int(ev(node.operand))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -830,6 +858,13 @@ def _evaluate(body: str, env: Mapping[str, str | int]) -> str | int:
         raise ValueError("unsupported expression")
 
     return ev(_parse_expression(body))
+
+
+def _in_range(value: int) -> int:
+    """Every step of an expression stays within a Java long, what Kafka stores (and no huge integers)."""
+    if abs(value) > _LONG_MAX:
+        raise ValueError(f"the value leaves the range of a 64-bit integer (|x| <= {_LONG_MAX})")
+    return value
 
 
 def _int(value: str | int) -> int:

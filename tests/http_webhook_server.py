@@ -1,5 +1,6 @@
 """A test webhook receiver for the HTTP sink: verifies the HMAC signature like a real receiver would,
-decodes gzip bodies, records every request (headers, raw bytes, events) and answers from a script.
+decodes gzip bodies, records every request (headers, raw bytes, events) and answers from a script (or
+echoes the request's headers in an error body, `echo_status`; it also stands in for a Loki that does so).
 
 `webhook_server` is HTTP/1.1 over plain TCP (a thread). `h2_tls_server` is HTTP/2 over TLS with ALPN (an
 asyncio server on the caller's loop, built on the `h2` state machine) for the HTTP/2 test, with
@@ -66,6 +67,9 @@ class Webhook:
 
     replies: list[Reply] = field(default_factory=list)
     secret: bytes | None = None
+    # Answer every request that has no scripted reply with this status and the request's headers as a JSON
+    # body, as receivers and gateways that echo the request in their errors do.
+    echo_status: int | None = None
     signature_header: str = "x-pipeline-signature"
     idempotency: bool = False
     idempotency_header: str = "idempotency-key"
@@ -90,12 +94,18 @@ class Webhook:
             elif key is not None and key in self.keys:
                 reply = Reply(422, body=b'{"error": "idempotency key reused with another payload"}')
             else:
-                reply = self.replies.pop(0) if self.replies else Reply()
+                reply = self.replies.pop(0) if self.replies else self.default_reply(headers)
                 if key is not None and 200 <= reply.status < 300:
                     self.keys[key] = fingerprint
             request = Request(time.monotonic(), http_version, headers, raw, body, signature_ok, reply.status, replayed)
             self.requests.append(request)
         return reply, request
+
+    def default_reply(self, headers: dict[str, str]) -> Reply:
+        if self.echo_status is None:
+            return Reply()
+        echoed = {"error": "denied", "authorization": headers.get("authorization"), "request_headers": headers}
+        return Reply(self.echo_status, body=json.dumps(echoed).encode())
 
     def delivered(self) -> list[str]:
         """Event hashes of every request answered with a 2xx, repeats included."""

@@ -123,14 +123,20 @@ def test_no_sinks_gives_no_sink_topics() -> None:
     assert [s.role for s in cat.specs] == ["ingest", "ingest_dlq", "by_hash", "dedupe_changelog"]
 
 
-def test_default_topics_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TOPICS_FILE", raising=False)
+def test_default_topics_path_is_the_packaged_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the current directory nor the environment changes the default: TOPICS_FILE goes through
+    the settings model, and the catalog ships inside the package (the repo's topics.yaml links to it)."""
+    from pipeline.config import load_settings
+
+    packaged = Path(pipeline.__file__).resolve().parent / "topics.yaml"
     monkeypatch.chdir(tmp_path)
-    assert default_topics_path() == REPO_TOPICS
     (tmp_path / "topics.yaml").write_text("x: 1\n")
-    assert default_topics_path() == Path("topics.yaml")
     monkeypatch.setenv("TOPICS_FILE", "/etc/pipeline/topics.yaml")
-    assert default_topics_path() == Path("/etc/pipeline/topics.yaml")
+    assert default_topics_path() == packaged
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert REPO_TOPICS.resolve() == packaged
+    assert load_settings(environ={}).topics_path() == packaged
+    assert load_settings(environ={"TOPICS_FILE": "/etc/t.yaml"}).topics_path() == Path("/etc/t.yaml")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,6 +320,42 @@ BAD_FILES: list[tuple[str, str, str]] = [
         "bad-cleanup-policy",
         _replace('      cleanup.policy: "compact,delete"\n', "      cleanup.policy: compcat  #<\n"),
         "cleanup.policy must be",
+    ),
+    (
+        "negative-retention",
+        _replace("config: {cleanup.policy: delete, retention.ms: 604800000}", "config: {retention.ms: -5}  #<"),
+        "retention.ms must be -1 (unlimited) or a number of ms >= 0, got -5",
+    ),
+    (
+        "negative-retention-bytes-from-an-expression",
+        _replace(
+            'retention.ms: "{idempotency_window_ms + 3600000}"',
+            'retention.bytes: "{0 - idempotency_window_ms}"  #<',
+        ),
+        "retention.bytes must be -1 (unlimited)",
+    ),
+    (
+        "retention-beyond-a-long",
+        _replace(
+            "config: {cleanup.policy: delete, retention.ms: 604800000}", "config: {retention.ms: 1" + "0" * 30 + "}  #<"
+        ),
+        "retention.ms must be",
+    ),
+    (
+        "huge-expression",
+        _replace(
+            'retention.ms: "{idempotency_window_ms + 3600000}"',
+            'retention.ms: "{idempotency_window_ms' + " + 1" * 100_000 + '}"  #<',
+        ),
+        "longer than 200 characters",
+    ),
+    (
+        "expression-overflowing-a-long",
+        _replace(
+            'retention.ms: "{idempotency_window_ms + 3600000}"',
+            'retention.ms: "{idempotency_window_ms * 1000000000 * 1000000000 * 1000000000}"  #<',
+        ),
+        "range of a 64-bit integer",
     ),
     (
         "config-not-a-mapping",
@@ -508,7 +550,10 @@ def _fake_settings(monkeypatch: pytest.MonkeyPatch, vars: TopicVars, bootstrap: 
     kafka = types.SimpleNamespace(bootstrap_servers=bootstrap, admin_kwargs=lambda: {"request_timeout_ms": 5000})
     settings = types.SimpleNamespace(topic_vars=lambda: vars, kafka=kafka, topics_file=None)
     module = types.ModuleType("pipeline.config")
-    module.load_settings = lambda: settings  # type: ignore[attr-defined]
+    module.load_settings_with_provenance = lambda config=None: (  # type: ignore[attr-defined]
+        settings,
+        types.SimpleNamespace(warnings=[]),
+    )
     monkeypatch.setitem(sys.modules, "pipeline.config", module)
 
 

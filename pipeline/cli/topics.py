@@ -13,13 +13,13 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from pipeline.redact import Redactor, install, redact
 from pipeline.topics import (
     TopicCatalog,
     TopicPlan,
     TopicsBrokerError,
     TopicsFileError,
     apply_topics,
-    default_topics_path,
     load_topics,
     plan_topics,
 )
@@ -39,8 +39,7 @@ FileOption = Annotated[
     typer.Option(
         "--file",
         "-f",
-        help="Topics file. Default: TOPICS_FILE (env or config file), else ./topics.yaml, "
-        "else the one shipped with the package.",
+        help="Topics file. Default: TOPICS_FILE (env or config file), else the catalog shipped with the package.",
         show_default=False,
         dir_okay=False,
     ),
@@ -52,7 +51,7 @@ ConfigFileOption = Annotated[
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -66,15 +65,18 @@ def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, str,
     # aiokafka logs connection failures itself; the command reports them as one line instead.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        from pipeline.config import load_settings
+        from pipeline.config import load_settings_with_provenance
 
-        settings = load_settings(config) if config is not None else load_settings()
+        settings, provenance = load_settings_with_provenance(config)
+        install(Redactor.from_models(settings))
+        for warning in provenance.warnings:
+            typer.echo(f"warning: config: {warning}", err=True)
         topic_vars = settings.topic_vars()
         bootstrap = settings.kafka.bootstrap_servers
         admin_kwargs = dict(settings.kafka.admin_kwargs())
     except Exception as exc:
         _fail(f"config: {_one_line(exc)}")
-    path = file or getattr(settings, "topics_file", None) or default_topics_path()
+    path = file or settings.topics_path()
     try:
         catalog = load_topics(path, topic_vars)
     except TopicsFileError as exc:

@@ -18,12 +18,14 @@ log = structlog.get_logger("pipeline.worker")
 def worker(config: Path | None = ConfigOption) -> None:
     """Run a worker. Scale out by running more (up to the partition count); each needs its own
     PIPELINE_DATA_DIR (RocksDB) and, with the web server on, its own WEB_PORT."""
-    settings, _ = settings_or_exit(config)
+    settings, provenance = settings_or_exit(config, echo_warnings=False)
     try:
         settings.check_runnable()
     except ConfigError as exc:
         fail(f"config: {exc}", EX_CONFIG)
     configure_logging(settings.log_level, settings.log_format)
+    for warning in provenance.warnings:
+        log.warning("config warning", problem=warning)
     try:
         catalog = load_topics(settings.topics_path(), settings.topic_vars())
     except TopicsError as exc:

@@ -2,7 +2,8 @@
 
 A retryable failure moves the event to the retry tier of its next attempt (tiers are the distinct base
 delays of the sink's retry policy, in order); after `max_retries` failures, or at once on a fatal
-error, it goes to the sink's DLQ with the full context and a truncated traceback.
+error, it goes to the sink's DLQ with the full context and a truncated traceback. The error message and
+the traceback pass the process's redactor (pipeline.redact) first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pipeline import headers as h
+from pipeline.redact import redact
 from pipeline.reliability.backoff import jittered_ms
 from pipeline.reliability.policies import RetryPolicy
 
@@ -92,7 +94,7 @@ def failure_headers(
         h.FIRST_FAILED_AT: attempts.first_failed_at or stamp,
         h.FAILED_AT: stamp,
         h.ERROR_CLASS: type(error).__name__,
-        h.ERROR_MESSAGE: str(error) or type(error).__name__,
+        h.ERROR_MESSAGE: redact(str(error)) or type(error).__name__,
         h.FAILED_TOPIC: topic,
         h.FAILED_PARTITION: partition,
         h.FAILED_OFFSET: offset,
@@ -107,7 +109,8 @@ def failure_headers(
 
 
 def format_traceback(error: BaseException) -> str:
-    text = "".join(traceback.format_exception(error)).strip()
+    """The traceback, redacted before it is cut (a cut could leave part of a secret unrecognised)."""
+    text = redact("".join(traceback.format_exception(error)).strip())
     if len(text) > TRACEBACK_LIMIT:
         text = "..." + text[-(TRACEBACK_LIMIT - 3) :]
     return text

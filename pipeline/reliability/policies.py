@@ -23,6 +23,10 @@ DEFAULT_RETRYABLE_STATUS: tuple[str, ...] = ("408", "425", "429", "5xx")
 # 58 system error (I/O). Data errors (22, 23, 42...) are the event's fault and go to the DLQ.
 DEFAULT_RETRYABLE_SQLSTATES: tuple[str, ...] = ("08", "40", "53", "57", "58")
 
+# An upper bound that catches a unit mistake (seconds given as milliseconds, an extra zero): one write may
+# take up to an hour (the satcom profile uses 5 minutes).
+MAX_TIMEOUT_MS = 3_600_000
+
 _STATUS_ENTRY = re.compile(r"^(?:[1-5][0-9]{2}|[1-5]xx)$")
 _SQLSTATE_ENTRY = re.compile(r"^[0-9A-Z]{2,5}$")
 
@@ -51,7 +55,7 @@ class RetryPolicy(BaseModel):
     initial_backoff_ms: int = Field(1000, gt=0, description="delay before the first retry")
     max_backoff_ms: int = Field(60_000, gt=0, description="ceiling of the delay between retries")
     jitter_factor: float = Field(0.1, ge=0.0, le=1.0, description="random share added to each delay")
-    timeout_ms: int = Field(30_000, gt=0, description="time limit of one write to the sink")
+    timeout_ms: int = Field(30_000, gt=0, le=MAX_TIMEOUT_MS, description="time limit of one write to the sink")
     backoff_strategy: BackoffStrategy = "exponential"
     backoff_multiplier: float = Field(
         2.0, ge=1.0, le=10.0, description="growth factor of exponential backoff (seed 003's exponential_base)"
@@ -200,7 +204,7 @@ class BreakerPolicy(BaseModel):
 
     enabled: bool = True
     failure_threshold: int = Field(5, ge=1, description="consecutive failures that open the breaker")
-    open_duration_sec: float = Field(60.0, gt=0, description="how long the breaker stays open")
+    open_duration_sec: float = Field(60.0, gt=0, le=86_400, description="how long the breaker stays open (<= 1 day)")
     half_open_max_inflight: int = Field(2, ge=1, description="probes allowed through while half-open")
     success_threshold: int = Field(2, ge=1, description="probe successes that close the breaker")
     window_size: int = Field(100, ge=1, description="calls in the failure-rate window")
@@ -216,7 +220,7 @@ class QueuePolicy(BaseModel):
 
     enabled: bool = True
     max_bytes: int | None = Field(None, gt=0)
-    flush_interval_ms: int = Field(2000, gt=0)
+    flush_interval_ms: int = Field(2000, gt=0, le=MAX_TIMEOUT_MS)
 
 
 def tier_label(delay_ms: int) -> str:

@@ -30,10 +30,11 @@ def transport_errors(what: str, redact: Callable[[str], str] = _same) -> Iterato
         raise SinkUnavailable(redact(f"{what} failed: {type(exc).__name__}: {exc}")) from exc
 
 
-def excerpt(response: httpx.Response, limit: int) -> str:
-    """The start of the response body on one line ("" when the body is empty)."""
+def excerpt(response: httpx.Response, limit: int, redact: Callable[[str], str] = _same) -> str:
+    """The start of the response body on one line ("" when the body is empty), redacted before it is cut
+    (a cut through a secret would leave a part no redactor recognises)."""
     try:
-        text = " ".join(response.text.split())
+        text = redact(" ".join(response.text.split()))
     except Exception:  # an undecodable body must not hide the status
         return "<undecodable body>"
     return text if len(text) <= limit else text[:limit] + "..."

@@ -23,7 +23,8 @@ retryable (`retryable_status`, default 408/425/429/5xx) raises RetryableSinkErro
 (seconds or HTTP date) for the breaker; any other status (other 4xx, 3xx, a 2xx not in success_codes)
 raises FatalSinkError, which makes the runner bisect the batch down to the poison events for the DLQ.
 Timeouts raise SinkTimeout, connection failures SinkUnavailable. Error messages carry the status and the
-start of the response body, never the URL's password, the HMAC key, the token or a header value.
+start of the response body through the redactor (pipeline.redact): never the URL's password, the HMAC key,
+the token, a header value (of any length) or an Authorization value a receiver echoes back.
 The sink never retries by itself.
 
 HTTP/2 (`http2`, default on) is offered through ALPN on https:// and used when the server picks it;
@@ -41,6 +42,7 @@ from typing import Any
 import httpx
 import structlog
 
+from pipeline.redact import Redactor, current, remember
 from pipeline.sinks.base import FatalSinkError, Sink, SinkRecord, SinkUnavailable
 from pipeline.sinks.http.config import HttpSinkSettings
 from pipeline.sinks.httpx_errors import close_quietly, excerpt, raise_for_status, transport_errors
@@ -48,8 +50,6 @@ from pipeline.sinks.httpx_errors import close_quietly, excerpt, raise_for_status
 log = structlog.get_logger(__name__)
 
 BODY_IN_ERROR = 300  # characters of the response body kept in an error message
-REDACTED = "********"
-MIN_REDACTED = 6  # shorter values (X-Version: 2) are not credentials, and replacing them would garble messages
 USER_AGENT = "pipeline-http-sink"
 
 
@@ -59,7 +59,7 @@ class HttpSink(Sink):
         self.settings = settings
         self._client: httpx.AsyncClient | None = None
         self._key: bytes | None = None
-        self._secrets: list[str] = []
+        self._redact: Redactor = Redactor.from_models(settings)
         self._cached: tuple[tuple[str, ...], bytes] | None = None  # (event hashes, body) from wire_size
 
     async def open(self) -> None:
@@ -80,7 +80,10 @@ class HttpSink(Sink):
         headers.update({name: value.get_secret_value() for name, value in settings.headers.items()})
         if settings.bearer_token is not None:
             headers["authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
-        self._secrets = _secret_strings(settings, self._key)
+        key_text = self._key.decode("utf-8", "replace") if self._key is not None else None
+        if key_text:
+            remember(key_text)  # a key read from hmac_secret_file: the process's redactor learns it too
+        self._redact = current().union(Redactor.from_models(settings, secrets=[key_text] if key_text else []))
         await self.close()
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.retry.timeout_ms / 1000),
@@ -114,7 +117,7 @@ class HttpSink(Sink):
         status = response.status_code
         if self.settings.is_success(status):
             return len(batch)
-        body = excerpt(response, BODY_IN_ERROR)
+        body = excerpt(response, BODY_IN_ERROR, self._redact)
         message = self._redact(f"http {status} {response.reason_phrase}" + (f": {body}" if body else ""))
         raise_for_status(response, message, self.settings.retry.is_retryable_status)
         return 0  # unreachable: raise_for_status always raises
@@ -155,11 +158,6 @@ class HttpSink(Sink):
     async def health(self) -> dict[str, Any]:
         return {"sink": self.name, "ok": self._client is not None}
 
-    def _redact(self, message: str) -> str:
-        for secret in self._secrets:
-            message = message.replace(secret, REDACTED)
-        return message
-
 
 def idempotency_key(batch: list[SinkRecord]) -> str:
     """Hex sha256 of the batch's event hashes in body order, joined by newlines: one key per request
@@ -175,18 +173,3 @@ def signature(key: bytes, body: bytes) -> str:
 def _entry(record: SinkRecord) -> bytes:
     # {"event_hash": "...", "event": <canonical body>} without re-encoding the body.
     return b'{"event_hash":"' + record.event_hash.encode() + b'","event":' + record.body + b"}"
-
-
-def _secret_strings(settings: HttpSinkSettings, key: bytes | None) -> list[str]:
-    """Every secret value that must never appear in an error message, longest first."""
-    secrets: list[str] = []
-    if key is not None:
-        secrets.append(key.decode("utf-8", "replace"))
-    if settings.bearer_token is not None:
-        secrets.append(settings.bearer_token.get_secret_value())
-    secrets.extend(value.get_secret_value() for value in settings.headers.values())
-    if settings.url:
-        password = httpx.URL(settings.url).password
-        if password:
-            secrets.append(password)
-    return sorted({s for s in secrets if len(s) >= MIN_REDACTED}, key=len, reverse=True)

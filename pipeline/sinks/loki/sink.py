@@ -24,6 +24,8 @@ Classification of a push's response (the sink never retries by itself):
   other 4xx (401, 403, 413, ...)          FatalSinkError
   httpx timeout                           SinkTimeout
   connection error                        SinkUnavailable
+Every message passes the redactor (pipeline.redact) first: a gateway that echoes the request's
+Authorization header in its 401 body leaves no token or password in the error, the logs or the DLQ.
 A record that can never be an entry (line longer than max_line_bytes, unreadable body) fails the whole
 write with FatalSinkError before anything is sent; bisection isolates it.
 """
@@ -37,6 +39,7 @@ from typing import Any
 import httpx
 import structlog
 
+from pipeline.redact import Redactor, current
 from pipeline.sinks.base import FatalSinkError, Sink, SinkRecord, SinkUnavailable
 from pipeline.sinks.httpx_errors import close_quietly, excerpt, raise_for_status, retry_after, transport_errors
 from pipeline.sinks.loki.config import LokiSinkSettings
@@ -65,6 +68,7 @@ class LokiSink(Sink):
             max_streams=settings.max_streams,
         )
         self._client: httpx.AsyncClient | None = None
+        self._redact: Redactor = Redactor.from_models(settings)
         self._push_url = settings.push_url() if settings.url else ""
         self.pushes = 0
         self.last_push_at: float | None = None
@@ -74,6 +78,7 @@ class LokiSink(Sink):
     async def open(self) -> None:
         if not self.settings.url:
             raise FatalSinkError(f"sink {self.name}: url is not set")
+        self._redact = current().union(Redactor.from_models(self.settings))
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.settings.retry.timeout_ms / 1000),
             http2=True,
@@ -127,11 +132,13 @@ class LokiSink(Sink):
         """GET /ready: unreachable or 503 (Loki starting) fails the open (the runner retries it); any
         other answer, 404 from a gateway included, lets the writes decide."""
         url = self.settings.base_url() + "/ready"
-        with transport_errors("loki /ready"):
+        with transport_errors("loki /ready", self._redact):
             response = await client.get(url)
         if response.status_code == 503:
             raise SinkUnavailable(
-                f"loki not ready: {(excerpt(response, MESSAGE_LIMIT) or response.reason_phrase)}",
+                self._redact(
+                    f"loki not ready: {(excerpt(response, MESSAGE_LIMIT, self._redact) or response.reason_phrase)}"
+                ),
                 retry_after=retry_after(response),
             )
         if response.status_code != 200:
@@ -179,7 +186,7 @@ class LokiSink(Sink):
         return len(batch)
 
     async def _send(self, client: httpx.AsyncClient, content: bytes, headers: dict[str, str]) -> None:
-        with transport_errors("loki push"):
+        with transport_errors("loki push", self._redact):
             response = await client.post(self._push_url, content=content, headers=headers)
         self.pushes += 1
         self.last_push_at = time.time()
@@ -188,6 +195,8 @@ class LokiSink(Sink):
             return
         raise_for_status(
             response,
-            f"loki {status}: {(excerpt(response, MESSAGE_LIMIT) or response.reason_phrase)}",
+            self._redact(
+                f"loki {status}: {(excerpt(response, MESSAGE_LIMIT, self._redact) or response.reason_phrase)}"
+            ),
             self.settings.retry.is_retryable_status,
         )

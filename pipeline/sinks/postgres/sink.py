@@ -40,13 +40,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import asyncpg.exceptions as pgerr
 import structlog
 from asyncpg.exceptions._base import DataError as ClientDataError
 
+from pipeline.redact import Redactor, current, remember
 from pipeline.reliability.policies import RetryPolicy
 from pipeline.sinks.base import (
     FatalSinkError,
@@ -66,7 +67,6 @@ BATCH_TABLE = "pipeline_batch"
 WRITTEN_COLUMNS = ("time", "event_hash", "event_id", "source", "type", "labels", "payload")
 PLAIN_KEY: tuple[str, ...] = ("event_hash",)
 HYPERTABLE_KEY: tuple[str, ...] = ("event_hash", "time")
-MASK = "********"
 ROLLBACK_TIMEOUT_S = 5.0
 
 TableKind = Literal["hypertable", "plain table"]
@@ -271,7 +271,8 @@ class PostgresSink(Sink):
         self._pool: asyncpg.Pool | None = None
         self._table = f"{quote_ident(settings.db_schema)}.{quote_ident(settings.table)}"
         self._insert = insert_sql(self._table, PLAIN_KEY)
-        self._secrets: tuple[str, ...] = _dsn_secrets(settings)
+        # The DSN whole, its password and query secrets, password, password_file (pipeline.redact).
+        self._redactor = current().union(Redactor.from_models(settings))
         self._opened_password = ""
         self.kind: TableKind | None = None
         self.conflict_key: tuple[str, ...] = PLAIN_KEY
@@ -300,8 +301,9 @@ class PostgresSink(Sink):
         return password
 
     def _remember_secret(self, secret: str) -> None:
-        if secret and secret not in self._secrets:
-            self._secrets = (*self._secrets, secret, *_encoded_forms(secret))
+        if secret and secret not in self._redactor.secrets:
+            self._redactor = self._redactor.union(Redactor([secret]))
+            remember(secret)  # a rotated password file: the process's redactor learns the new one
 
     def _password(self) -> str | None:
         s = self.settings
@@ -456,7 +458,7 @@ class PostgresSink(Sink):
         return {"sink": self.name, "ok": True}
 
     def classify(self, exc: BaseException, *, connecting: bool = False, opening: bool = False) -> SinkError:
-        return classify(exc, self.settings.retry, connecting=connecting, opening=opening, secrets=self._secrets)
+        return classify(exc, self.settings.retry, connecting=connecting, opening=opening, redactor=self._redactor)
 
 
 async def _rollback(conn: Any) -> None:
@@ -482,23 +484,24 @@ def classify(
     *,
     connecting: bool = False,
     opening: bool = False,
-    secrets: Sequence[str] = (),
+    redactor: Redactor | None = None,
 ) -> SinkError:
     """Map asyncpg/OS errors onto the sink error tree.
 
-    Client-side conditions are fixed: a timeout is SinkTimeout; a lost or refused connection (OSError,
-    asyncpg.InterfaceError, ConnectionDoesNotExistError) is SinkUnavailable; invalid input rejected by
-    asyncpg itself (its client-side DataError) is fatal. With `connecting` (the error came while getting a
-    connection for a write), every other error is SinkUnavailable too: it cannot be the batch's fault. With
-    `opening` (in `open()`), invalid connection settings (a DSN asyncpg cannot parse) are fatal.
-    Errors the server reports by SQLSTATE go through `policy.is_retryable_sqlstate` (default: 08, 40, 53, 57,
-    58 retryable): retryable ones become SinkTimeout (57014, statement timeout), SinkUnavailable (08, 53, 57P,
-    58) or RetryableSinkError (40001 serialization failure, 40P01 deadlock, ...); the rest (22 data, 23
-    constraint, 42 syntax/permission, ...) FatalSinkError. Any of `secrets` in a message is masked.
+        Client-side conditions are fixed: a timeout is SinkTimeout; a lost or refused connection (OSError,
+        asyncpg.InterfaceError, ConnectionDoesNotExistError) is SinkUnavailable; invalid input rejected by
+        asyncpg itself (its client-side DataError) is fatal. With `connecting` (the error came while getting a
+        connection for a write), every other error is SinkUnavailable too: it cannot be the batch's fault. With
+        `opening` (in `open()`), invalid connection settings (a DSN asyncpg cannot parse) are fatal.
+        Errors the server reports by SQLSTATE go through `policy.is_retryable_sqlstate` (default: 08, 40, 53, 57,
+        58 retryable): retryable ones become SinkTimeout (57014, statement timeout), SinkUnavailable (08, 53, 57P,
+        58) or RetryableSinkError (40001 serialization failure, 40P01 deadlock, ...); the rest (22 data, 23
+        constraint, 42 syntax/permission, ...) FatalSinkError. Every message passes `redactor` (default: the
+    process's, pipeline.redact).
     """
 
     def text(what: str) -> str:
-        return _redact(what, secrets)
+        return (redactor or current())(what)
 
     if isinstance(exc, SinkError):
         return exc
@@ -535,40 +538,7 @@ def classify(
 
 
 # --------------------------------------------------------------------------------------------------
-# Secrets
-
-
-def _encoded_forms(secret: str) -> tuple[str, ...]:
-    return tuple(form for form in {quote(secret, safe=""), quote(secret)} if form != secret)
-
-
-def _dsn_secrets(settings: PostgresSinkSettings) -> tuple[str, ...]:
-    secrets: list[str] = []
-    if settings.password is not None and settings.password.get_secret_value():
-        value = settings.password.get_secret_value()
-        secrets += [value, *_encoded_forms(value)]
-    if settings.dsn is not None and settings.dsn.get_secret_value().strip():
-        dsn = settings.dsn.get_secret_value().strip()
-        secrets.append(dsn)
-        try:
-            parts = urlsplit(dsn)
-            netloc, query = parts.netloc, parts.query
-        except ValueError:
-            netloc, query = dsn.partition("://")[2].partition("/")[0], ""
-        auth = netloc.rpartition("@")[0]
-        raw = auth.partition(":")[2]
-        if raw:
-            secrets += [raw, unquote(raw)]
-        secrets += [value for key, value in parse_qsl(query) if key == "password" and value]
-    # Longest first, so that a DSN is masked whole before the password inside it.
-    return tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
-
-
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
+# DSN
 
 
 def _with_query(dsn: str, params: dict[str, str]) -> str:
