@@ -50,7 +50,10 @@ async def test_bandwidth_limit_holds_within_ten_percent_over_a_narrow_link(stack
     elapsed = received[-1].at - received[0].at
     sent = sum(r.body_bytes for r in received[1:])
     rate = sent / elapsed
-    assert abs(rate - limit) / limit < 0.10, f"measured {rate:.0f} B/s against a limit of {limit} B/s"
+    # The bucket's contract (pipeline.reliability.ratelimit): over any window at most rate * t plus one
+    # second of burst (it fills while the worker starts); and the link is used, not starved.
+    assert sent <= limit * elapsed + limit, f"measured {rate:.0f} B/s against a limit of {limit} B/s"
+    assert rate > 0.9 * limit, f"measured {rate:.0f} B/s against a limit of {limit} B/s"
     assert len(set(script.delivered_hashes())) == count == len(script.delivered_hashes())
 
 
