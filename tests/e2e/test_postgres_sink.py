@@ -440,7 +440,9 @@ async def test_statement_timeout_is_a_sink_timeout_and_the_connection_survives(
         await sink.write(records(0, 50))
     elapsed = time.monotonic() - started
     await admin.execute("ROLLBACK")
-    assert 1.7 < elapsed < 2.0, elapsed  # the server cancelled the statement before the client gave up
+    # The server cancelled the statement (57014, QueryCanceledError: not a client-side deadline) once its
+    # statement_timeout had passed; the upper bound only says it did not hang (a loaded CI host adds latency).
+    assert 1.7 < elapsed < 5.0, elapsed
     assert isinstance(timed_out.value.__cause__, pgerr.QueryCanceledError)
     assert await sink.write(records(0, 50)) == 50
     assert await sink._pool.fetchval("SELECT pg_backend_pid()") == before  # same connection, still usable
