@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pipeline.cli.devstack import NOT_RUNNING_EXIT, app
 from pipeline.devstack.kafka import free_port
 from pipeline.devstack.postgres import make_reachable_tempdir
+from tests.support import poll
 
 runner = CliRunner()
 
@@ -42,7 +43,8 @@ async def test_kafka_produce_and_consume(kafka_bootstrap: str, unique_id: str) -
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name=topic, num_partitions=1, replication_factor=1)])
-        assert topic in await admin.list_topics()
+        # KRaft: the controller has the topic when create_topics returns; the broker's metadata follows shortly.
+        await poll(admin.list_topics, lambda topics: topic in topics, timeout=30, what=f"{topic} in the metadata")
     finally:
         await admin.close()
 
