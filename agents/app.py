@@ -9,6 +9,7 @@ from typing import Any
 import faust
 import structlog
 from faust.types import TopicT
+from mode import CrashingSupervisor
 
 from pipeline.config import Settings
 from pipeline.topics import TopicCatalog, TopicSpec
@@ -69,6 +70,10 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         topic_partitions=catalog.by_hash.partitions,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
+        # An agent that dies takes the worker down (exit 1) so that its supervisor (systemd, Kubernetes)
+        # restarts it; Faust's default restarts the actor's service but not its coroutine, which leaves
+        # a live worker that consumes nothing.
+        agent_supervisor=CrashingSupervisor,
         producer_acks=-1,
         broker_max_poll_records=500,
         broker_max_poll_interval=300.0,
