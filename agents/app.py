@@ -12,6 +12,7 @@ from faust.types import TopicT
 from mode import CrashingSupervisor
 
 from pipeline.config import Settings
+from pipeline.limits import producer_request_bytes
 from pipeline.topics import TopicCatalog, TopicSpec
 
 log = structlog.get_logger("pipeline.worker")
@@ -75,6 +76,7 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         # a live worker that consumes nothing.
         agent_supervisor=CrashingSupervisor,
         producer_acks=-1,
+        producer_max_request_size=producer_request_bytes(catalog),
         broker_max_poll_records=500,
         broker_max_poll_interval=300.0,
         broker_commit_interval=1.0,

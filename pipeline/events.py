@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -40,7 +41,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_KEY_LEN = 512
-MAX_DEPTH = 254  # arrays and objects nested in an event (orjson's limit, less the event object itself)
+MAX_DEPTH = 254  # levels of arrays and objects in an event, the event object included (orjson's limit)
 
 
 class Event(BaseModel):
@@ -133,7 +134,7 @@ def exact(value: Any) -> Any:
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else _number(str(value))
-    if not (value == value and abs(value) != float("inf")):  # noqa: PLR0124 (NaN test)
+    if not (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)):
         raise ValueError(f"{value} has no JSON form")
     return _number(repr(value) if isinstance(value, float) else str(value))
 
