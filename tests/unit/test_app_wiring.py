@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import faust
 import mode
@@ -49,7 +50,8 @@ def test_the_faust_internals_agents_consumer_overrides_are_still_there() -> None
 
 
 async def test_the_app_consumer_reads_committed_records_only(pipeline: Pipeline) -> None:
-    thread = pipeline.app.consumer._thread
+    app_consumer: Any = pipeline.app.consumer
+    thread = app_consumer._thread
     consumer = thread._create_worker_consumer(pipeline.app.transport)
     try:
         assert consumer._isolation_level == "read_committed"
@@ -60,7 +62,8 @@ async def test_the_app_consumer_reads_committed_records_only(pipeline: Pipeline)
 def test_every_agent_takes_the_worker_down_when_it_dies(pipeline: Pipeline) -> None:
     # With Faust's default (OneForOneSupervisor) a crashed agent's service is "restarted" without its
     # coroutine: a live worker that consumes nothing. Tasks and timers crash the app on their own.
-    assert pipeline.app.conf.agent_supervisor is mode.CrashingSupervisor
+    supervisor: Any = pipeline.app.conf.agent_supervisor
+    assert supervisor is mode.CrashingSupervisor
     agents = list(pipeline.app.agents.values())
     assert {a.name.rsplit(".", 1)[-1] for a in agents} >= {"ingest", "dedupe"}
     for agent in agents:
