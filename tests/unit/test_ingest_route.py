@@ -4,6 +4,7 @@ producer headers in the pipeline's namespace never pass for the pipeline's own."
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 
@@ -23,7 +24,7 @@ PIPELINE_HEADERS = sorted(
 )
 
 
-def routed(value: bytes | None, headers: list[tuple[str, bytes | None]], **limits: int) -> ingest.Routed:
+def routed(value: bytes | None, headers: Sequence[tuple[str, bytes | None]], **limits: int) -> ingest.Routed:
     return route(
         b"k",
         value,
