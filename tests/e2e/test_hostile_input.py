@@ -102,6 +102,9 @@ async def outcome(
         for name, (raw, _, _) in bad:
             messages.append((2, name.encode(), raw, []))
         await produce(stack.bootstrap, stack.ingest_topic, messages)
+        # Records on the by-hash topic that ingest did not write (a replay or import tool): no valid key.
+        by_hash = f"{stack.ingest_topic}.by-hash"
+        await produce(stack.bootstrap, by_hash, [(0, None, b"no key", []), (1, b"\xff\xfe", b"not UTF-8", [])])
         worker = stack.worker()
         expected = GOOD_COUNT + 1 + len(EXACT)
 
@@ -125,8 +128,9 @@ async def outcome(
 
 
 def test_bad_events_are_dead_lettered_with_their_reason_and_the_worker_carries_on(outcome: Outcome) -> None:
-    by_name = {r.key.decode(): r for r in outcome.dlq if r.key}
-    assert sorted(by_name) == sorted(BAD) and len(outcome.dlq) == len(BAD)
+    from_ingest = [r for r in outcome.dlq if r.headers[h.ORIGIN_TOPIC] == outcome.stack.ingest_topic.encode()]
+    by_name = {r.key.decode(): r for r in from_ingest if r.key}
+    assert sorted(by_name) == sorted(BAD) and len(from_ingest) == len(BAD)
     for name, (raw, reason, word) in BAD.items():
         record = by_name[name]
         assert record.value == raw, name
@@ -134,6 +138,14 @@ def test_bad_events_are_dead_lettered_with_their_reason_and_the_worker_carries_o
         assert word in record.headers[h.ERROR_MESSAGE].decode(), (name, record.headers[h.ERROR_MESSAGE])
     assert outcome.stack.workers[0].running, "bad input must not stop the worker"
     assert not outcome.stack.workers[0].logged("Crashed reason")
+
+
+async def test_by_hash_records_without_a_valid_key_are_dead_lettered(outcome: Outcome) -> None:
+    from_by_hash = [r for r in outcome.dlq if r.headers[h.ORIGIN_TOPIC].endswith(b".by-hash")]
+    assert sorted(((r.key, r.value) for r in from_by_hash), key=repr) == sorted(
+        [(None, b"no key"), (b"\xff\xfe", b"not UTF-8")], key=repr
+    )
+    assert {r.headers[h.ERROR_REASON] for r in from_by_hash} == {b"unprocessable"}
 
 
 async def test_a_valid_event_near_the_size_limit_is_delivered(outcome: Outcome) -> None:
