@@ -9,8 +9,10 @@ from typing import Any
 import faust
 import structlog
 from faust.types import TopicT
+from mode import CrashingSupervisor
 
 from pipeline.config import Settings
+from pipeline.limits import producer_request_bytes
 from pipeline.topics import TopicCatalog, TopicSpec
 
 log = structlog.get_logger("pipeline.worker")
@@ -69,7 +71,12 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         topic_partitions=catalog.by_hash.partitions,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
+        # An agent that dies takes the worker down (exit 1) so that its supervisor (systemd, Kubernetes)
+        # restarts it; Faust's default restarts the actor's service but not its coroutine, which leaves
+        # a live worker that consumes nothing.
+        agent_supervisor=CrashingSupervisor,
         producer_acks=-1,
+        producer_max_request_size=producer_request_bytes(catalog),
         broker_max_poll_records=500,
         broker_max_poll_interval=300.0,
         broker_commit_interval=1.0,

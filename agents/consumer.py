@@ -1,7 +1,12 @@
-"""Faust's aiokafka consumer with the commit rule of pipeline.commits: never past an offset no agent acked.
+"""Faust's aiokafka consumer with the commit rule of pipeline.commits: never past an offset no agent acked,
+reading committed records only.
 
-Installed on the app's transport by agents.app.build_app. It overrides three methods of
-faust-streaming 0.15 (pinned below 0.16 for this reason; re-check them on upgrade):
+Installed on the app's transport by agents.app.build_app. It overrides these methods of
+faust-streaming 0.15 (pinned below 0.16 for this reason; re-check them on upgrade; the contract tests in
+tests/unit/test_app_wiring.py fail when they change underneath):
+- `_new_consumer_thread` / `AIOKafkaConsumerThread._create_worker_consumer`: the aiokafka consumer reads
+  with isolation level read_committed (Faust does so only with exactly_once processing), so records of
+  aborted producer transactions never reach an agent; they become gaps like transaction markers.
 - `_add_gap`: Faust would mark offsets its fetch loop skipped as acked; here they stay missing until
   the broker shows they hold no record (the watchdog checks each suspected gap).
 - `_new_offset`: the commit moves only over consecutive acked offsets starting at the committed one.
@@ -14,6 +19,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NamedTuple
 
+import aiokafka
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
 
@@ -28,7 +35,21 @@ class SuspectedGap(NamedTuple):
     end: int  # the offset seen next
 
 
+READ_COMMITTED = "read_committed"
+
+
+class CommittedReadThread(AIOKafkaConsumerThread):  # type: ignore[misc]
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer: aiokafka.AIOKafkaConsumer = super()._create_worker_consumer(transport)
+        # aiokafka hands the level to its fetcher in start(), which has not run yet.
+        consumer._isolation_level = READ_COMMITTED
+        return consumer
+
+
 class GaplessConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
+    def _new_consumer_thread(self) -> CommittedReadThread:
+        return CommittedReadThread(self, loop=self.loop, beacon=self.beacon)
+
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         # Faust read `offset_to` right after `offset_from - 1`. The offsets in between either never held a
         # record (transaction markers, compaction) or were skipped by its fetch loop; the broker decides

@@ -16,6 +16,8 @@ from faust.types import StreamT
 from agents.acks import manual_acks, produced_then_acked
 from agents.app import Pipeline
 from pipeline.dedupe import Decision, Seen, decide, is_expired
+from pipeline.events import Rejection
+from pipeline.ingest import Origin, dead_letter
 from pipeline.observability import metrics
 
 log = structlog.get_logger("pipeline.dedupe")
@@ -26,6 +28,7 @@ def register(pipeline: Pipeline) -> None:
     window_ms = settings.idempotency_window_sec * 1000
     source = pipeline.topic(catalog.by_hash)
     outputs = [pipeline.topic(catalog.sink(sink.name)) for sink in settings.enabled_sinks()]
+    dlq = pipeline.topic(catalog.ingest_dlq)
     table = app.Table(
         "dedupe",
         default=None,
@@ -48,7 +51,15 @@ def register(pipeline: Pipeline) -> None:
             async for event in manual.events():
                 message = event.message
                 key = message.key
-                table_key = key.decode()
+                table_key = _table_key(key)
+                if table_key is None:  # not written by ingest (a replay or import tool): dead-letter it
+                    why = Rejection("unprocessable", "a by-hash record's key must be the event hash (UTF-8 text)")
+                    origin = Origin(message.topic, message.partition, message.offset)
+                    routed = dead_letter(key, message.value, message.headers, origin, why)
+                    log.warning("by-hash record without a valid key", **vars(origin))
+                    future = await dlq.send(key=routed.key, value=routed.value, headers=routed.headers)
+                    await batcher.add((event, [future]))
+                    continue
                 decision = decide(
                     Seen.from_json(table.get(table_key)),
                     now_ms=int(time.time() * 1000),
@@ -90,3 +101,12 @@ def register(pipeline: Pipeline) -> None:
             log.info("dedupe entries expired", count=len(expired), window_sec=settings.idempotency_window_sec)
 
     app.timer(sweep_every, name="dedupe-expiry")(expire_dedupe_entries)
+
+
+def _table_key(key: bytes | None) -> str | None:
+    if not key:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -14,6 +14,10 @@ leave an offset unacked without an agent ever seeing it, and the watchdog settle
   recognises events already forwarded). Otherwise the record gets STALL_SEC (IN_FLIGHT_STALL_SEC
   while an agent holds it) before the re-read.
 
+The agents read committed records only (agents.consumer), so the records of an aborted transaction are
+gaps too; the probe reads committed as well, so it shows them as empty, and it never looks past the last
+stable offset, so the records of an open transaction are never acked as empty.
+
 Nothing is skipped; a false alarm only costs a re-read.
 """
 
@@ -58,7 +62,7 @@ def register(pipeline: Pipeline) -> None:
             gap = await consumer.suspected_gaps.get()
             tp = gap.tp
             try:
-                first = await probe.first_record(tp.topic, tp.partition, gap.start)
+                first = (await probe.first_record(tp.topic, tp.partition, gap.start)).offset
             except Exception as exc:  # the stall check settles it later; never kill the worker
                 log.warning("could not check a gap with the broker; the stall check will", error=repr(exc))
                 continue
@@ -85,7 +89,8 @@ def register(pipeline: Pipeline) -> None:
 
     async def unstick(consumer: GaplessConsumer, tp: Any, committed: int, highwater: int, stalled: float) -> bool:
         """Settle a commit that has not moved for `stalled` seconds; True when it was settled."""
-        first = await probe.first_record(tp.topic, tp.partition, committed)
+        found = await probe.first_record(tp.topic, tp.partition, committed)
+        first = found.offset
         fields = {"topic": tp.topic, "partition": tp.partition, "committed": committed, "highwater": highwater}
         if first == committed:
             # A record is there. Handed to an agent and not acked yet: the agent is slow, wait (a minute at
@@ -105,7 +110,11 @@ def register(pipeline: Pipeline) -> None:
             )
             await reread(consumer, tp, committed)
             return True
-        empty_to = highwater if first is None else first
+        # Up to the first record, or to the last stable offset: records of an open transaction are not
+        # empty, they are not readable yet.
+        empty_to = min(highwater, found.end) if first is None else first
+        if empty_to <= committed:
+            return True  # an open transaction at the head: its records come once it commits
         earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
         if earliest > committed:
             log.error(

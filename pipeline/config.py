@@ -152,6 +152,7 @@ class Settings(BaseSettings):
         return self.topics_file or default_topics_path()
 
     def topic_vars(self) -> TopicVars:
+        from pipeline.limits import message_bytes_vars
         from pipeline.reliability.policies import tier_label
 
         return TopicVars(
@@ -169,6 +170,7 @@ class Settings(BaseSettings):
             idempotency_window_ms=self.idempotency_window_sec * 1000,
             partitions=self.kafka.topic_partitions,
             replication_factor=self.kafka.replication_factor,
+            **message_bytes_vars(self.max_event_bytes),
         )
 
     def check_runnable(self, provenance: Provenance | None = None) -> None:

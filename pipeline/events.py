@@ -7,22 +7,41 @@ An event on the ingest topic is a UTF-8 JSON object:
 
 Content hash: sha256 (hex) of the canonical JSON of the normalised event, which covers `id` (when set),
 `timestamp` (normalised to UTC, microseconds, `Z`), `source`, `type`, `labels` and `payload`. Key order,
-whitespace, number spelling (1.0 vs 1.00), the Kafka key and the headers do not count. When the producer
-gives an idempotency key (field `idempotency_key` or header `idempotency-key`), the hash is sha256 of
-that key instead, so two different bodies with one key are one event.
+whitespace, number spelling, the Kafka key and the headers do not count. When the producer gives an
+idempotency key (field `idempotency_key` or header `idempotency-key`), the hash is sha256 of that key
+instead, so two different bodies with one key are one event.
+
+Numbers are exact: they are never converted to binary floating point. A number is its exact decimal
+value, so `1`, `1.0`, `1.00`, `1e0`, `10E-1` and `-0` vs `0` are the same number, while `0.1` and
+`0.10000000000000000001` (equal as floats) are different numbers, as are integers beyond 64 bits that
+differ in their last digit. The canonical spelling (`canonical_number`) of a value `digits x 10^exp`
+(no leading or trailing zeros in `digits`):
+
+- no sign on zero, no exponent, no decimal point for integral values, no trailing zeros after the point:
+  `1e9` -> `1000000000`, `1.50` -> `1.5`, `-0.0` -> `0`, `2.5e-3` -> `0.0025`;
+- exponent notation `d.ddde+N` / `d.ddde-N` only where plain notation would need more than 20 zeros
+  after the significant digits or more than 5 zeros after the decimal point: `1e21` -> `1e+21`,
+  `1.5e-7` -> `1.5e-7`, `123e30` -> `1.23e+32` (the thresholds of JavaScript's number formatting, so a
+  number grows by at most 20 characters and an exponent of any size stays short).
+
+The canonical body carries these spellings to every sink; PostgreSQL jsonb stores them as exact numerics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_KEY_LEN = 512
+MAX_DEPTH = 254  # levels of arrays and objects in an event, the event object included (orjson's limit)
 
 
 class Event(BaseModel):
@@ -33,7 +52,7 @@ class Event(BaseModel):
     source: str = Field(min_length=1, max_length=256)
     type: str = Field(min_length=1, max_length=256)
     labels: dict[str, str] = Field(default_factory=dict)
-    payload: Any = Field(default_factory=dict)
+    payload: Any = Field(default_factory=dict)  # parsed JSON; numbers are exact (see canonical_number)
     idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_KEY_LEN)
 
     @field_validator("timestamp")
@@ -41,7 +60,10 @@ class Event(BaseModel):
     def _utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("timestamp needs a time zone (e.g. 2026-11-22T10:00:00Z)")
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp is outside the years 1-9999 once converted to UTC") from None
 
     def canonical_dict(self) -> dict[str, Any]:
         """The fields that make up the event's identity and its stored form (no idempotency key)."""
@@ -58,23 +80,93 @@ class Event(BaseModel):
 
 
 def format_timestamp(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds and `Z`; years below 1000 keep four digits."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact numbers
+
+MAX_PLAIN_TRAILING_ZEROS = 20  # 1e20 -> 100000000000000000000, 1e21 -> 1e+21
+MAX_PLAIN_LEADING_ZEROS = 5  # 1e-6 -> 0.000001, 1e-7 -> 1e-7
+MAX_EXPONENT_DIGITS = 9  # |exponent| below 10^9; larger ones are rejected (no sink holds them)
+
+
+def canonical_number(literal: str) -> str:
+    """The canonical spelling of a JSON number literal (see the module docstring). Raises `Rejection`
+    for an exponent of 10 or more digits."""
+    negative = literal.startswith("-")
+    mantissa, _, exponent = (literal[1:] if negative else literal).replace("E", "e").partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    significant = (whole + fraction).lstrip("0")
+    digits = significant.rstrip("0")
+    if not digits:
+        return "0"
+    if len(exponent.lstrip("+-").lstrip("0")) > MAX_EXPONENT_DIGITS:
+        raise Rejection("schema", f"number {literal[:40]}: exponent out of range")
+    exp = (int(exponent) if exponent else 0) - len(fraction) + len(significant) - len(digits)
+    point = len(digits) + exp  # digits before the decimal point (negative: zeros after it)
+    if 0 <= exp <= MAX_PLAIN_TRAILING_ZEROS:
+        text = digits + "0" * exp
+    elif exp < 0 < point:
+        text = f"{digits[:point]}.{digits[point:]}"
+    elif exp < 0 and -point <= MAX_PLAIN_LEADING_ZEROS:
+        text = "0." + "0" * -point + digits
+    else:
+        tail = f".{digits[1:]}" if len(digits) > 1 else ""
+        text = f"{digits[0]}{tail}e{point - 1:+d}"
+    return "-" + text if negative else text
+
+
+def _number(literal: str) -> orjson.Fragment:
+    return orjson.Fragment(canonical_number(literal))
+
+
+def exact(value: Any) -> Any:
+    """`value` with every float, Decimal and integer beyond 64 bits replaced by its canonical number, so
+    that it is written exactly (for values built in Python; parsed events hold none of them). Raises
+    ValueError for NaN and infinities."""
+    if isinstance(value, dict):
+        return {k: exact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [exact(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else _number(str(value))
+    if not (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)):
+        raise ValueError(f"{value} has no JSON form")
+    return _number(repr(value) if isinstance(value, float) else str(value))
+
+
+def _dump(value: Any) -> bytes:
+    """Sorted keys, no insignificant whitespace, UTF-8. `value` holds no float (see `exact`)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        problem = str(exc)
+        if "64-bit" in problem:  # an integer beyond 64 bits: rare, so the slow path
+            return orjson.dumps(exact(value), option=orjson.OPT_SORT_KEYS)
+        if "surrogates" in problem:
+            raise ValueError("text that is not valid Unicode (a lone surrogate)") from None
+        if "Recursion" in problem:
+            raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+        raise ValueError(problem) from None
 
 
 def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no insignificant whitespace, UTF-8, exact integers. Raises ValueError on values
-    that have no canonical JSON form (NaN, infinities, lone surrogates)."""
+    """Sorted keys, no insignificant whitespace, UTF-8, exact numbers in canonical spelling. Raises
+    ValueError on values that have no canonical JSON form (NaN, infinities, lone surrogates)."""
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"text that is not valid Unicode: {exc.reason}") from None
+        return _dump(exact(value))
+    except Rejection as rejection:
+        raise ValueError(rejection.message) from None
 
 
 def content_hash(event: Event) -> str:
     if event.idempotency_key is not None:
         return key_hash(event.idempotency_key)
-    return hashlib.sha256(canonical_json(event.canonical_dict())).hexdigest()
+    return hashlib.sha256(_dump(event.canonical_dict())).hexdigest()
 
 
 def key_hash(idempotency_key: str) -> str:
@@ -94,7 +186,9 @@ class Rejection(ValueError):
         self.message = message
 
 
-REASONS = ("empty", "too_large", "invalid_utf8", "invalid_json", "schema")
+# "unprocessable": an unexpected error while handling this one message (a bug to report); the message
+# goes to the DLQ like any other rejected one and the agent carries on.
+REASONS = ("empty", "too_large", "invalid_utf8", "invalid_json", "schema", "unprocessable")
 
 
 @dataclass(frozen=True)
@@ -109,7 +203,19 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_event(raw: bytes | None, max_bytes: int, header_key: str | None = None) -> AcceptedEvent:
-    """Validate one ingest message. Raises `Rejection` with the reason; never anything else."""
+    """Validate one ingest message. Raises `Rejection` with the reason; never anything else. `max_bytes`
+    bounds both the message and its canonical body (which can be longer: `1e20` is 21 digits)."""
+    try:
+        return _parse_event(raw, max_bytes, header_key)
+    except Rejection:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise Rejection("unprocessable", f"{type(exc).__name__}: {exc}"[:1000]) from None
+
+
+def _parse_event(raw: bytes | None, max_bytes: int, header_key: str | None) -> AcceptedEvent:
     if raw is None or len(raw) == 0 or not raw.strip():
         raise Rejection("empty", "the message is empty")
     if len(raw) > max_bytes:
@@ -118,10 +224,7 @@ def parse_event(raw: bytes | None, max_bytes: int, header_key: str | None = None
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejection("invalid_utf8", f"not UTF-8 at byte {exc.start}: {exc.reason}") from None
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise Rejection("invalid_json", f"not JSON: {exc}") from None
+    obj = _loads(text)
     if not isinstance(obj, dict):
         raise Rejection("schema", f"an event is a JSON object, got {type(obj).__name__}")
     if header_key is not None and obj.get("idempotency_key") is None:
@@ -131,13 +234,36 @@ def parse_event(raw: bytes | None, max_bytes: int, header_key: str | None = None
     except ValidationError as exc:
         raise Rejection("schema", _schema_problems(exc)) from None
     try:
-        body = canonical_json(event.canonical_dict())
+        body = _dump(event.canonical_dict())
     except ValueError as exc:
         raise Rejection("schema", str(exc)) from None
+    if len(body) > max_bytes:
+        raise Rejection("too_large", f"the canonical event is {len(body)} bytes; the limit is {max_bytes}")
     event_hash = (
         key_hash(event.idempotency_key) if event.idempotency_key is not None else hashlib.sha256(body).hexdigest()
     )
     return AcceptedEvent(event=event, event_hash=event_hash, body=body)
+
+
+def _loads(text: str) -> Any:
+    """JSON with exact numbers: every literal with a fraction or exponent becomes its canonical spelling
+    (an orjson.Fragment); integers stay Python ints (exact at any size)."""
+    try:
+        return json.loads(text, parse_float=_number, parse_constant=_reject_constant)
+    except Rejection:
+        raise
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise Rejection("invalid_json", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise Rejection("invalid_json", "not JSON: nested too deep") from None
+    # An integer of more than 4300 digits (Python's int conversion limit): keep it as text.
+    try:
+        return json.loads(text, parse_float=_number, parse_int=_number, parse_constant=_reject_constant)
+    except Rejection:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise Rejection("invalid_json", f"not JSON: {exc}") from None
 
 
 def _schema_problems(exc: ValidationError) -> str:

@@ -8,6 +8,12 @@ from collections.abc import Iterable, Mapping, Sequence
 # Set by producers (optional).
 IDEMPOTENCY_KEY = "idempotency-key"
 
+# Every header the pipeline writes starts with RESERVED_PREFIX. Ingest renames producer headers in that
+# namespace (any letter case) to PRODUCER_PREFIX + name, so no producer can set an event's retry attempt,
+# due time, origin or hash; every other producer header travels on unchanged.
+RESERVED_PREFIX = "pipeline."
+PRODUCER_PREFIX = "producer."
+
 # Set by the pipeline on every event it forwards.
 EVENT_HASH = "pipeline.event-hash"
 ORIGIN_TOPIC = "pipeline.origin.topic"
@@ -46,6 +52,16 @@ def header_value(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, byte
             except UnicodeDecodeError:
                 found = None
     return found
+
+
+def is_reserved(name: str) -> bool:
+    return name[: len(RESERVED_PREFIX)].lower() == RESERVED_PREFIX
+
+
+def from_producer(headers: Iterable[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes]]:
+    """A producer's headers as the pipeline keeps them: those in the pipeline's namespace renamed with
+    PRODUCER_PREFIX (so they cannot pass for the pipeline's own), all others unchanged."""
+    return [(PRODUCER_PREFIX + k if is_reserved(k) else k, bytes(v or b"")) for k, v in (headers or ())]
 
 
 def text(value: object, limit: int = MAX_HEADER_VALUE) -> bytes:

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline import headers as h
 from pipeline.config import Settings
 from pipeline.events import Rejection, parse_event
+from pipeline.limits import ingest_message_bytes
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Publisher:
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
-            max_request_size=max(1_048_576, settings.max_event_bytes + 65_536),
+            max_request_size=ingest_message_bytes(settings.max_event_bytes),
             **settings.kafka.client_kwargs(),
         )
 

@@ -83,7 +83,7 @@ FOR_EACH: Mapping[str, tuple[str, ...]] = {
 _ROLE_FOR_EACH: Mapping[str, str] = {"sink": "sink", "sink_retry": "sink_retry_tier", "sink_dlq": "sink"}
 
 _STR_VARIABLES = ("prefix", "ingest_topic", "app_id")
-_INT_VARIABLES = ("idempotency_window_ms",)
+_INT_VARIABLES = ("idempotency_window_ms", "ingest_message_bytes", "message_bytes")
 _LOOP_VARIABLES = ("sink", "tier")
 #: Every variable a template may use.
 TEMPLATE_VARIABLES: tuple[str, ...] = _STR_VARIABLES + _INT_VARIABLES + _LOOP_VARIABLES
@@ -111,6 +111,9 @@ class TopicVars:
     idempotency_window_ms: int = 86_400_000
     partitions: int | None = None  # overrides defaults.partitions when set (KAFKA_TOPIC_PARTITIONS)
     replication_factor: int | None = None  # overrides defaults.replication_factor (KAFKA_REPLICATION_FACTOR)
+    # max.message.bytes of the ingest topic and of the topics the pipeline writes (pipeline.limits)
+    ingest_message_bytes: int = 1_048_576 + 65_536
+    message_bytes: int = 1_048_576 + 2 * 65_536
 
 
 @dataclass(frozen=True)
@@ -700,6 +703,8 @@ class _Loader:
             "ingest_topic": self.vars.ingest_topic,
             "app_id": self.vars.app_id,
             "idempotency_window_ms": self.vars.idempotency_window_ms,
+            "ingest_message_bytes": self.vars.ingest_message_bytes,
+            "message_bytes": self.vars.message_bytes,
         }
         for e in entries.values():
             rf = e.replication_factor if e.replication_factor is not None else default_rf

@@ -43,8 +43,15 @@ async def poll(
 class WorkerProcess:
     """`pipeline worker` in a subprocess, with its log in a file."""
 
-    def __init__(self, env: Mapping[str, str], workdir: Path, name: str = "worker") -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        workdir: Path,
+        name: str = "worker",
+        module: Sequence[str] = ("pipeline.cli.main", "worker"),
+    ) -> None:
         self.env = {**os.environ, **env}
+        self.module = tuple(module)
         self.workdir = workdir
         self.name = name
         self.log_path = workdir / f"{name}.log"
@@ -54,7 +61,7 @@ class WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "worker"],
+            [sys.executable, "-m", *self.module],
             env=self.env,
             cwd=self.workdir,
             stdout=log,

@@ -510,7 +510,10 @@ def test_diff_partition_drift_both_directions_is_unfixable() -> None:
 
 def test_diff_config_change_shows_old_and_new() -> None:
     cat = load_topics(REPO_TOPICS, make_vars())
-    live = _live_for(cat, ingest={"configs": {"cleanup.policy": "delete", "retention.ms": "1000"}})
+    max_bytes = cat.ingest.config["max.message.bytes"]
+    live = _live_for(
+        cat, ingest={"configs": {"cleanup.policy": "delete", "retention.ms": "1000", "max.message.bytes": max_bytes}}
+    )
     (change,) = diff_topics(cat, live)
     assert change.kind == "alter_config" and change.fixable
     assert change.updates == {"retention.ms": WEEK_MS, "retention.bytes": "-1"}
@@ -710,7 +713,8 @@ async def test_config_drift_is_planned_and_fixed(
         "cleanup.policy": "delete",
         "retention.ms": "1000",
         "retention.bytes": "-1",
-        "max.message.bytes": "2000000",
+        "max.message.bytes": catalog.ingest.config["max.message.bytes"],
+        "segment.ms": "3600000",
     }
     (response,) = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, hand)])
     assert response.to_object()["resources"][0]["error_code"] == 0
@@ -728,7 +732,7 @@ async def test_config_drift_is_planned_and_fixed(
     assert (await plan_topics(catalog, kafka_bootstrap)).changes == []
     configs = (await live_state(admin, [name]))[name][2]
     assert configs["retention.ms"] == WEEK_MS
-    assert configs["max.message.bytes"] == "2000000"
+    assert configs["segment.ms"] == "3600000"
 
 
 @session_loop

@@ -9,6 +9,7 @@ import structlog
 
 from pipeline.cli.common import EX_CONFIG, ConfigOption, fail, settings_or_exit
 from pipeline.config import ConfigError
+from pipeline.limits import check_limits
 from pipeline.logging import configure_logging, logging_dict_config
 from pipeline.topics import TopicsError, apply_topics, load_topics
 
@@ -30,6 +31,10 @@ def worker(config: Path | None = ConfigOption) -> None:
         catalog = load_topics(settings.topics_path(), settings.topic_vars())
     except TopicsError as exc:
         fail(str(exc))
+    try:
+        check_limits(settings.max_event_bytes, catalog)
+    except ConfigError as exc:
+        fail(f"config: {exc}", EX_CONFIG)
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

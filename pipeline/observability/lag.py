@@ -4,7 +4,7 @@ Used by the demo, the tests and (later) the metrics and DLQ tools."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -78,24 +78,36 @@ async def group_lag(bootstrap: str, group: str, topic: str, **client_kwargs: Any
     return lag
 
 
+class FirstRecord(NamedTuple):
+    offset: int | None  # the first record at or after the offset asked about; None: none before `end`
+    end: int  # the end offset the broker gave: the last stable offset (read committed)
+
+
 class RecordProbe:
     """Asks the broker which offset holds the first record at or after a given offset: one long-lived,
-    group-less consumer, assigned to one partition per question."""
+    group-less consumer, assigned to one partition per question. It reads committed records only, as the
+    agents do: records of aborted transactions count as no record, and nothing at or beyond the last
+    stable offset (an open transaction) is looked at."""
 
     def __init__(self, bootstrap: str, **client_kwargs: Any) -> None:
         self._kwargs = {"bootstrap_servers": bootstrap, **client_kwargs}
         self._consumer: AIOKafkaConsumer | None = None
         self._lock: asyncio.Lock | None = None
 
-    async def first_record(self, topic: str, partition: int, offset: int, timeout: float = 10.0) -> int | None:
-        """Offset of the first record the broker returns reading from `offset`; None when none exists up to
-        the end offset. An answer above `offset` proves the offsets in between hold no record a consumer
-        would see (transaction markers, compacted records). Raises TimeoutError when the broker does not
-        answer within `timeout`."""
+    async def first_record(self, topic: str, partition: int, offset: int, timeout: float = 10.0) -> FirstRecord:
+        """The first record the broker returns reading from `offset`, and the end it read up to. An answer
+        above `offset` proves the offsets in between hold no record a consumer would see (transaction
+        markers, aborted or compacted records). Raises TimeoutError when the broker does not answer
+        within `timeout`."""
         self._lock = self._lock or asyncio.Lock()
         async with self._lock, asyncio.timeout(timeout):
             if self._consumer is None:
-                consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **self._kwargs)
+                consumer = AIOKafkaConsumer(
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    isolation_level="read_committed",
+                    **self._kwargs,
+                )
                 try:
                     await consumer.start()
                 except BaseException:
@@ -107,13 +119,13 @@ class RecordProbe:
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
             if offset >= end:
-                return None
+                return FirstRecord(None, end)
             consumer.seek(tp, offset)
             while await consumer.position(tp) < end:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=1)
                 for record in batch.get(tp, []):
-                    return int(record.offset)
-            return None
+                    return FirstRecord(int(record.offset), end)
+            return FirstRecord(None, end)
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None

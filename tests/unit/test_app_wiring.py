@@ -1,18 +1,31 @@
-"""The worker's Faust app commits with our rule, not Faust's: its consumer is the GaplessConsumer."""
+"""The worker's Faust app: commits with our rule, not Faust's (its consumer is the GaplessConsumer), reads
+committed records only, lets no dead agent leave a live worker, and sizes its producer from the topics.
+
+These are also the contract tests of agents/consumer.py: they fail when the pinned faust-streaming
+version changes the internals it overrides."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
+import faust
+import mode
+import pytest
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
 
+from agents.app import Pipeline
 from pipeline.config import load_settings
+from pipeline.limits import check_limits, producer_request_bytes
 from pipeline.topics import load_topics
 
 
-async def test_the_app_consumer_commits_only_over_acked_offsets(tmp_path: Path) -> None:
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Pipeline:
     from agents.app import build_app
-    from agents.consumer import GaplessConsumer
 
     settings = load_settings(
         environ={
@@ -24,7 +37,49 @@ async def test_the_app_consumer_commits_only_over_acked_offsets(tmp_path: Path) 
         }
     )
     catalog = load_topics(settings.topics_path(), settings.topic_vars())
-    pipeline = build_app(settings, catalog)
+    return build_app(settings, catalog)
+
+
+def test_the_faust_internals_agents_consumer_overrides_are_still_there() -> None:
+    assert faust.__version__.startswith("0.15."), "re-check agents/consumer.py against this faust version"
+    assert list(inspect.signature(AIOKafkaConsumerThread._create_worker_consumer).parameters) == ["self", "transport"]
+    assert "isolation_level=isolation_level" in inspect.getsource(AIOKafkaConsumerThread._create_worker_consumer)
+    assert list(inspect.signature(AIOKafkaFaustConsumer._new_consumer_thread).parameters) == ["self"]
+    for name in ("_add_gap", "_new_offset", "perform_seek"):
+        assert callable(getattr(AIOKafkaFaustConsumer, name)), name
+
+
+async def test_the_app_consumer_reads_committed_records_only(pipeline: Pipeline) -> None:
+    app_consumer: Any = pipeline.app.consumer
+    thread = app_consumer._thread
+    consumer = thread._create_worker_consumer(pipeline.app.transport)
+    try:
+        assert consumer._isolation_level == "read_committed"
+    finally:
+        await consumer.stop()
+
+
+def test_every_agent_takes_the_worker_down_when_it_dies(pipeline: Pipeline) -> None:
+    # With Faust's default (OneForOneSupervisor) a crashed agent's service is "restarted" without its
+    # coroutine: a live worker that consumes nothing. Tasks and timers crash the app on their own.
+    supervisor: Any = pipeline.app.conf.agent_supervisor
+    assert supervisor is mode.CrashingSupervisor
+    agents = list(pipeline.app.agents.values())
+    assert {a.name.rsplit(".", 1)[-1] for a in agents} >= {"ingest", "dedupe"}
+    for agent in agents:
+        assert agent._get_supervisor_strategy() is mode.CrashingSupervisor, agent.name
+
+
+def test_the_producer_sends_what_the_topics_take(pipeline: Pipeline) -> None:
+    check_limits(pipeline.settings.max_event_bytes, pipeline.catalog)
+    assert pipeline.app.conf.producer_max_request_size == producer_request_bytes(pipeline.catalog)
+    assert producer_request_bytes(pipeline.catalog) > pipeline.settings.max_event_bytes + 65_536
+
+
+async def test_the_app_consumer_commits_only_over_acked_offsets(pipeline: Pipeline) -> None:
+    from agents.consumer import GaplessConsumer
+
+    catalog = pipeline.catalog
     consumer = pipeline.app.consumer
     assert isinstance(consumer, GaplessConsumer)
     tp = TP(catalog.ingest.name, 0)

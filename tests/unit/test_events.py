@@ -3,10 +3,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import Rejection, key_hash, parse_event
+from pipeline.events import REASONS, Rejection, key_hash, parse_event
 
 BASE = {
     "timestamp": "2026-11-22T10:00:00Z",
@@ -98,3 +98,131 @@ def test_any_json_payload_round_trips_to_the_same_hash(payload: object) -> None:
         return
     again = parse_event(first.body, 100_000)
     assert again.event_hash == first.event_hash and again.body == first.body
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema-shaped events with extreme but syntactically valid values: accepted, or a Rejection.
+
+edge_years = st.one_of(st.sampled_from([1, 2, 999, 1000, 1969, 1970, 2038, 9998, 9999]), st.integers(1, 9999))
+offsets = st.one_of(
+    st.sampled_from(["Z", "z", "+00:00", "-00:00", "+23:59", "-23:59", "+14:00", "-12:00", "+24:00", "+99:99"]),
+    st.builds(lambda s, h, m: f"{s}{h:02d}:{m:02d}", st.sampled_from("+-"), st.integers(0, 23), st.integers(0, 59)),
+    st.just(""),
+)
+timestamps = st.one_of(
+    st.builds(
+        lambda y, mo, d, h, mi, s, frac, off: json.dumps(
+            f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{frac}{off}"
+        ),
+        edge_years,
+        st.sampled_from([1, 2, 12]),
+        st.sampled_from([1, 1, 28, 29, 30, 31]),
+        st.sampled_from([0, 23]),
+        st.sampled_from([0, 59]),
+        st.sampled_from([0, 59, 60]),
+        st.sampled_from(["", ".0", ".999999", ".9999999999", ",5"]),
+        offsets,
+    ),
+    st.integers(-(10**30), 10**30).map(str),  # unix seconds, any size
+    st.sampled_from(["1e308", "-1e308", "1.5", "0", "-0.0"]),
+)
+number_literals = st.one_of(
+    st.integers(-(2**200), 2**200).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.builds(
+        lambda m, f, e: f"{m}.{f}e{e}",
+        st.integers(-(10**40), 10**40),
+        st.text("0123456789", min_size=1, max_size=40),
+        st.integers(-(10**12), 10**12),
+    ),
+    st.sampled_from(["1e400", "-1e-400", "5e-324", "1.7976931348623157e308", "0e0", "-0", "1E+999999999"]),
+)
+every_plane = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=40)
+long_strings = st.one_of(every_plane, st.integers(1000, 20_000).map(lambda n: "\U0010fffd" * n))
+json_texts = st.recursive(
+    st.one_of(st.sampled_from(["null", "true", "false"]), number_literals, long_strings.map(json.dumps)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4).map(lambda items: "[" + ",".join(items) + "]"),
+        st.lists(st.tuples(every_plane.map(json.dumps), children), max_size=4).map(
+            lambda pairs: "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
+        ),
+    ),
+    max_leaves=20,
+)
+deep = st.integers(200, 1200).map(lambda depth: "[" * depth + "1" + "]" * depth)
+labels = st.dictionaries(every_plane, every_plane, max_size=300).map(json.dumps)
+names = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), min_size=1, max_size=256)
+
+
+@st.composite
+def extreme_events(draw: st.DrawFn) -> bytes:
+    fields = {
+        "timestamp": draw(timestamps),
+        "source": json.dumps(draw(st.one_of(names, names, long_strings))),
+        "type": json.dumps(draw(names)),
+        "labels": draw(labels),
+        "payload": draw(st.one_of(json_texts, deep)),
+    }
+    if draw(st.booleans()):
+        fields["id"] = json.dumps(draw(names))
+    if draw(st.booleans()):
+        fields["idempotency_key"] = json.dumps(draw(st.one_of(names, long_strings)))
+    keys = draw(st.permutations(list(fields)))
+    return ("{" + ",".join(f'"{k}":{fields[k]}' for k in keys) + "}").encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(extreme_events(), st.sampled_from([64, 4096, 1_048_576]))
+def test_extreme_events_are_accepted_or_rejected_never_anything_else(raw: bytes, limit: int) -> None:
+    try:
+        accepted = parse_event(raw, limit)
+    except Rejection as rejection:
+        assert rejection.reason in REASONS and rejection.reason != "unprocessable", rejection.message
+        return
+    assert len(accepted.body) <= limit
+    again = parse_event(accepted.body, limit)  # the canonical form is stable
+    assert again.body == accepted.body
+    if accepted.event.idempotency_key is None:
+        assert again.event_hash == accepted.event_hash
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "9999-12-31T23:59:59-00:01",
+        "9999-12-31T20:00:00-05:00",
+        "0001-01-01T00:00:00+00:01",
+        "0001-01-01T01:00:00+14:00",
+    ],
+)
+def test_a_timestamp_that_overflows_in_utc_is_a_schema_rejection(timestamp: str) -> None:
+    with pytest.raises(Rejection) as err:
+        parse_event(json.dumps({**BASE, "timestamp": timestamp}).encode(), 10_000)
+    assert err.value.reason == "schema" and "timestamp" in err.value.message
+
+
+def test_timestamps_at_the_calendars_edges_keep_four_digit_years() -> None:
+    first = parse_event(json.dumps({**BASE, "timestamp": "0001-01-01T00:00:00Z"}).encode(), 10_000)
+    last = parse_event(json.dumps({**BASE, "timestamp": "9999-12-31T23:59:59.999999-00:00"}).encode(), 10_000)
+    assert b'"timestamp":"0001-01-01T00:00:00.000000Z"' in first.body
+    assert b'"timestamp":"9999-12-31T23:59:59.999999Z"' in last.body
+
+
+def test_the_canonical_body_is_held_to_the_limit_too() -> None:
+    raw = json.dumps({**BASE, "payload": [1e20] * 20}).encode()  # each 1e+20 becomes 21 digits
+    assert parse_event(raw, 10_000).body.count(b"100000000000000000000") == 20
+    with pytest.raises(Rejection) as err:
+        parse_event(raw, len(raw) + 10)
+    assert err.value.reason == "too_large" and "canonical" in err.value.message
+
+
+def test_an_unexpected_error_is_a_rejection_with_its_own_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import events
+
+    def broken(_: object) -> bytes:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(events, "_dump", broken)
+    with pytest.raises(Rejection) as err:
+        parse_event(json.dumps(BASE).encode(), 10_000)
+    assert err.value.reason == "unprocessable" and "KeyError" in err.value.message
