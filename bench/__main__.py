@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import signal
@@ -144,6 +145,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Produces right after a topic is created bounce off a leader not ready yet; aiokafka retries them and
+    # logs each at WARNING, which only hides the benchmark's own output.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _interrupt)
     stack = open_stack()
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))

@@ -35,6 +35,12 @@ class Table:
     async def rows(self) -> int:
         return int(await self.conn.fetchval(f"SELECT count(*) FROM {self.name}"))
 
+    async def clear(self) -> None:
+        await self.conn.execute(f"TRUNCATE {self.name}")
+
+    async def any_row(self) -> bool:
+        return bool(await self.conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {self.name})"))
+
     async def span(self) -> tuple[float, float] | None:
         """(first, last) insert time of the table's rows, epoch seconds (None when empty)."""
         row = await self.conn.fetchrow(
@@ -53,8 +59,10 @@ class Table:
             since,
             step,
         )
-        points: list[tuple[float, int]] = [(0.0, 0)]
+        points: list[tuple[float, int]] = []
         total = 0
+        if records:
+            points.append((round(int(records[0]["slot"]) * step, 3), 0))
         for r in records:
             total += int(r["n"])
             points.append((round((int(r["slot"]) + 1) * step, 3), total))

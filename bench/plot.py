@@ -28,13 +28,13 @@ def plot(results: Results, path: Path) -> Path | None:
         for name, d in drains.items():
             xs, ys = zip(*d.timeline, strict=True)
             rate = f"{d.rate:,.0f}/s" if d.rate else "failed"
-            ax.plot(xs, ys, label=f"{name} ({rate})", linestyle="--" if "no-" in name else "-")
-        ax.set_xlabel("seconds since the process started")
+            ax.step(xs, ys, where="post", label=f"{name} ({rate})", linestyle="--" if "no-" in name else "-")
+        ax.set_xlabel("seconds since the process started (log scale)")
         ax.set_ylabel("rows in the table")
         ax.set_title(
             f"draining {meta.get('events', 0):,} events ({meta.get('duplicate_share', 0):.0%} duplicates)", fontsize=10
         )
-        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     if lat is not None:

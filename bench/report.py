@@ -237,8 +237,12 @@ def render(results: Results, targets: Targets) -> str:
         )
     if results.profile is not None:
         profile = results.profile
-        lines.append(f"profile: {profile.get('samples', 0):,} samples, raw stacks in {profile.get('raw')}")
-        for title, key in (("own time", "own"), ("cumulative", "cumulative")):
+        lines.append(
+            f"profile: {profile.get('samples', 0):,} samples over {profile.get('seconds', 0):.0f} s of a "
+            f"{profile.get('events', 0):,}-event drain; leaf in asyncio's own machinery: "
+            f"{profile.get('event_loop_share', 0)}% of samples; raw stacks in {profile.get('raw')}"
+        )
+        for title, key in (("own time", "own"), ("cumulative time below the event loop's dispatch", "cumulative")):
             lines.append(f"  top {len(results.profile.get(key, []))} by {title}:")
             lines.extend(f"    {share:5.1f}%  {frame}" for frame, share in results.profile.get(key, []))
     lines.append("")

@@ -18,7 +18,7 @@ from bench.events import Backlog, Message, compact, event, make_backlog
 from bench.measure import Table, commits_settled, records, rereads, wait_rows
 from bench.procs import Child
 from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M
-from bench.stack import Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
+from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
 from pipeline.config import load_settings
 from pipeline.events import parse_event
 from pipeline.publisher import Publisher
@@ -27,6 +27,7 @@ from pipeline.publisher import Publisher
 NO_RELIABILITY_ENV = {"TSDB_BREAKER_ENABLED": "false", "TSDB_MAX_RETRIES": "0"}
 SETTLE_SEC = 45.0  # the agents' commits reach the topics' ends (the watchdog re-reads after 15 s)
 POLL_SEC = 0.25
+FIRST_ROW_POLL_SEC = 0.05
 LATENCY_WARMUP = 100
 
 
@@ -89,12 +90,16 @@ async def observe(child: Child, table: Table, result: Drain, want: int, deadline
     """Start `child` and follow the table until it holds `want` rows: start-up, drain time, the drain's CPU
     seconds, peak RSS and the rows-over-time curve go into `result`."""
     child.start()
-    cpu_first: float | None = None
+    while not await table.any_row():
+        if (problem := child.exit_problem()) is not None:
+            raise RuntimeError(problem)
+        if time.monotonic() > deadline:
+            raise TimeoutError("no row when the stage's time ran out")
+        await asyncio.sleep(FIRST_ROW_POLL_SEC)
+    cpu_first = child.cpu_seconds()
     while True:
         rows = await table.rows()
         cpu = child.cpu_seconds()
-        if rows > 0 and cpu_first is None:
-            cpu_first = cpu
         if rows >= want:
             break
         if (problem := child.exit_problem()) is not None:
@@ -265,7 +270,9 @@ async def rss_with_entries(run: Run, entries: int, events: int) -> Rss1M:
             changelog, by_hash = catalog.dedupe_changelog.name, catalog.by_hash.name
             template = await _first_record(run.stack.bootstrap, changelog, deadline)
             hash_record = await _first_record(run.stack.bootstrap, by_hash, deadline)
+            await commits_settled(run.stack.bootstrap, lane.app_id, [lane.ingest_topic, by_hash], SETTLE_SEC)
             first.stop()
+            await table.clear()  # the drain below is timed from its own first row
             template_hash = (hash_record.key or b"").decode()
             if template_hash.encode() not in (template.key or b""):
                 raise RuntimeError(f"the changelog key {template.key!r} does not hold the hash {template_hash}")
@@ -281,14 +288,13 @@ async def rss_with_entries(run: Run, entries: int, events: int) -> Rss1M:
             lane_data = lane.dir / "data-restored"
             second = pipeline_worker(run, lane, PIPELINE_DATA_DIR=str(lane_data))
             result.drain = Drain(contender="pipeline-1M-hashes", events=backlog.events, unique=backlog.unique)
-            want = 1 + backlog.unique - len(seeded_real)
+            want = backlog.unique - len(seeded_real)
+            result.drain.unique = want
             await observe(second, table, result.drain, want, deadline)
             await pipeline_work(run, lane, env, second, result.drain)
             present = await table.hashes_present(seeded_real)
-            rows = await table.rows()
-            result.drain.rows = rows - 1
-            result.drain.unique = want - 1
-            result.seeded_duplicates_dropped = present == 0 and rows == want
+            result.drain.rows = await table.rows()
+            result.seeded_duplicates_dropped = present == 0 and result.drain.rows == want
     except (TimeoutError, RuntimeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -362,6 +368,10 @@ async def profile(run: Run, events: int, seconds: float, out_dir: Path, stamp: s
         "events": events,
         "seconds": seconds,
         "rows_while_sampling": rows_after - rows_before,
-        "raw": str(raw.relative_to(out_dir.parent.parent)) if raw.is_relative_to(out_dir.parent.parent) else str(raw),
+        "raw": _shown(raw.with_name(raw.name + ".gz")),
         **summary,
     }
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)

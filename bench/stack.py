@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.events import Message
@@ -164,6 +165,7 @@ async def produce(stack: Stack, topic: str, messages: Iterable[Message]) -> int:
     await producer.start()
     sent = 0
     try:
+        await _leaders(producer, topic)
         by_partition: dict[int, list[Message]] = {}
         for m in messages:
             by_partition.setdefault(m.partition, []).append(m)
@@ -184,6 +186,19 @@ async def produce(stack: Stack, topic: str, messages: Iterable[Message]) -> int:
     finally:
         await producer.stop()
     return sent
+
+
+async def _leaders(producer: AIOKafkaProducer, topic: str, timeout: float = 30.0) -> None:
+    """Wait until every partition of a topic just created has a leader (else the first sends bounce)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await producer.client.force_metadata_update()
+        cluster = producer.client.cluster
+        partitions = cluster.partitions_for_topic(topic) or set()
+        leaders = [cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions]
+        if partitions and all(leader is not None and leader >= 0 for leader in leaders):
+            return
+        await asyncio.sleep(0.2)
 
 
 async def cleanup(stack: Stack, run_id: str) -> None:
