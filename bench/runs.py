@@ -111,6 +111,7 @@ async def observe(child: Child, table: Table, result: Drain, want: int, deadline
     result.peak_rss_mb = memory[1] if memory else None
     if cpu is not None and cpu_first is not None:
         result.cpu_s = cpu - cpu_first
+    result.cpu_total_s = cpu
     span = await table.span()
     assert span is not None
     result.startup_s = span[0] - child.started
