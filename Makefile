@@ -12,13 +12,14 @@ KAFKA4_TESTS := tests/e2e/test_delivery.py tests/e2e/test_faults.py tests/e2e/te
 	tests/e2e/test_dedupe_window.py tests/test_topics.py tests/test_devstack.py
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap demo test test-kafka4 lint clean
+.PHONY: help bootstrap demo test test-kafka4 lint bench clean
 
 help:
 	@echo "make demo         run the whole pipeline on a local Kafka + PostgreSQL and show what landed"
 	@echo "make test         the whole test suite (unit, topics, devstack, e2e) on Kafka 3.9"
 	@echo "make test-kafka4  the broker-facing tests (delivery, faults, dedupe, topics) on Kafka $(KAFKA4_VERSION)"
 	@echo "make lint         ruff check, ruff format --check, mypy"
+	@echo "make bench        drain benchmark: pipeline vs bare loop vs naive Faust (ARGS=\"--events 20000 --only drain\")"
 	@echo "make bootstrap    only the set-up (.venv, Java/Maven, PostgreSQL binaries, Kafka jars)"
 	@echo "make clean        remove .venv and caches (not the Kafka jar cache in ~/.cache/pipeline)"
 
@@ -42,6 +43,12 @@ lint: bootstrap
 	echo "$(BIN)/ruff format --check ."; $(BIN)/ruff format --check . || status=1; \
 	echo "$(BIN)/mypy"; $(BIN)/mypy || status=1; \
 	exit $$status
+
+# The benchmark (bench/__main__.py): reuses KAFKA_BOOTSTRAP_SERVERS / POSTGRES_DSN when set, else starts the
+# devstack broker and PostgreSQL; writes bench/results/. Needs the `bench` extra (matplotlib, py-spy).
+bench: bootstrap
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -1,0 +1,189 @@
+"""`python -m bench` (`make bench`): the drain benchmark.
+
+    make bench                                   # every part with the issue's defaults (200,000 events)
+    make bench ARGS="--events 20000"             # a smaller backlog
+    make bench ARGS="--only drain,latency"       # some parts: drain, reliability, latency, rss, profile
+    make bench ARGS="--check"                    # exit 1 when a target is missed
+
+Parts (each contender on its own topics, consumer groups and table; every stage has a timeout):
+  drain        the pipeline worker, the bare loop and the naive Faust agent drain the same backlog
+  reliability  the pipeline again with breakers and retry tiers off (TSDB_BREAKER_ENABLED=false,
+               TSDB_MAX_RETRIES=0): what the machinery costs on the healthy path
+  latency      publish -> row at half the pipeline's measured drain rate
+  rss          peak RSS of a worker whose dedupe table holds --dedupe-entries hashes
+  profile      py-spy on a worker draining --profile-events (not in the default set)
+Results: bench/results/<UTC time>.json, latest.json and bench.png. Exit status: 0, 1 (--check and a target
+missed or a part failed), 130 (interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from bench import runs
+from bench.events import make_backlog
+from bench.plot import plot
+from bench.procs import stop_all
+from bench.report import BARE, NAIVE, NO_RELIABILITY, PIPELINE, Results, Targets, checks, render, save
+from bench.stack import REPO, cleanup, close_stack, open_stack
+
+PARTS = ("drain", "reliability", "latency", "rss", "profile")
+DEFAULT_PARTS = ("drain", "reliability", "latency", "rss")
+RESULTS = REPO / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--events", type=int, default=200_000, help="backlog size, duplicates included (200000)")
+    p.add_argument("--duplicates", type=float, default=0.3, help="share of duplicates in the backlog (0.3)")
+    p.add_argument("--partitions", type=int, default=6, help="partitions of every topic (6, as topics.yaml)")
+    p.add_argument("--only", default=",".join(DEFAULT_PARTS), help=f"comma-separated parts of {', '.join(PARTS)}")
+    p.add_argument("--profile", action="store_true", help="add the profile part")
+    p.add_argument("--latency-seconds", type=float, default=30.0, help="length of the offered load (30)")
+    p.add_argument("--latency-rate", type=float, help="offered events/s (default: half the measured drain rate)")
+    p.add_argument("--dedupe-entries", type=int, default=1_000_000, help="hashes in the table for rss (1000000)")
+    p.add_argument("--rss-events", type=int, default=20_000, help="backlog drained with the full table (20000)")
+    p.add_argument("--profile-events", type=int, default=50_000, help="backlog drained while profiling (50000)")
+    p.add_argument("--profile-seconds", type=float, default=45.0, help="py-spy sampling time (45)")
+    p.add_argument("--stage-timeout", type=float, help="seconds per stage (default: 180 + events/300)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where results go (bench/results)")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--keep", action="store_true", help="keep the run's topics, tables and logs")
+    args = p.parse_args(argv)
+    parts = {part.strip() for part in args.only.split(",") if part.strip()}
+    if args.profile:
+        parts.add("profile")
+    unknown = parts - set(PARTS)
+    if unknown:
+        p.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+    args.parts = [part for part in PARTS if part in parts]
+    return args
+
+
+def meta(args: argparse.Namespace, run: runs.Run) -> dict[str, object]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "events": args.events,
+        "duplicate_share": args.duplicates,
+        "partitions": args.partitions,
+        "parts": args.parts,
+        "cpus": os.cpu_count(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "commit": commit,
+        "run_id": run.run_id,
+    }
+
+
+def previous_rate(directory: Path) -> float | None:
+    try:
+        data = json.loads((directory / "latest.json").read_text())
+        rate = data["drains"][PIPELINE]["rate"]
+        return float(rate) if rate else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp: str) -> None:
+    parts = args.parts
+    if "drain" in parts or "reliability" in parts:
+        backlog = make_backlog(args.events, args.duplicates, args.partitions)
+        contenders = [PIPELINE, BARE, NAIVE] if "drain" in parts else []
+        if "reliability" in parts:
+            contenders += [NO_RELIABILITY] + ([] if "drain" in parts else [PIPELINE])
+        for name in contenders:
+            print(f"bench: draining {backlog.events:,} events with {name} ...", flush=True)
+            overrides = runs.NO_RELIABILITY_ENV if name == NO_RELIABILITY else None
+            results.drains[name] = await runs.drain(run, name, backlog, overrides)
+            d = results.drains[name]
+            print(
+                f"bench:   {name}: {d.rate or 0:,.0f} events/s" + (f" ERROR {d.error}" if d.error else ""), flush=True
+            )
+    if "latency" in parts:
+        pipe = results.drains.get(PIPELINE)
+        rate = args.latency_rate or (pipe.rate / 2 if pipe and pipe.rate else None)
+        rate = rate or ((previous_rate(args.results) or 0) / 2) or None
+        if rate is None:
+            print("bench: latency skipped: no drain rate measured; give --latency-rate", flush=True)
+        else:
+            print(f"bench: latency at {rate:,.0f} events/s for {args.latency_seconds:.0f} s ...", flush=True)
+            results.latency = await runs.latency(run, rate, args.latency_seconds)
+    if "rss" in parts:
+        print(f"bench: RSS with {args.dedupe_entries:,} hashes in the dedupe table ...", flush=True)
+        results.rss_1m = await runs.rss_with_entries(run, args.dedupe_entries, args.rss_events)
+    if "profile" in parts:
+        print(
+            f"bench: profiling a drain of {args.profile_events:,} events for {args.profile_seconds:.0f} s ...",
+            flush=True,
+        )
+        results.profile = await runs.profile(run, args.profile_events, args.profile_seconds, args.results, stamp)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Produces right after a topic is created bounce off a leader not ready yet; aiokafka retries them and
+    # logs each at WARNING, which only hides the benchmark's own output.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    signal.signal(signal.SIGTERM, _interrupt)
+    stack = open_stack()
+    workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    run = runs.Run(stack, workdir, args.events, args.duplicates, args.partitions, args.stage_timeout)
+    results = Results(meta=meta(args, run))
+    targets = Targets()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    interrupted = False
+    print(f"bench: run {run.run_id}, parts {', '.join(args.parts)}, logs in {workdir}", flush=True)
+    try:
+        asyncio.run(bench(args, run, results, stamp))
+    except KeyboardInterrupt:
+        interrupted = True
+        print("bench: interrupted; stopping what it started", file=sys.stderr, flush=True)
+    finally:
+        stop_all()
+        if not args.keep:
+            try:
+                asyncio.run(cleanup(stack, run.run_id))
+            except Exception as exc:  # report, never hide the results
+                print(f"bench: cleanup failed: {exc!r}", file=sys.stderr)
+        close_stack(stack)
+    if interrupted:
+        return 130
+    print()
+    print(render(results, targets))
+    path = save(results, targets, args.results)
+    png = plot(results, args.results / "bench.png")
+    print(
+        f"\nbench: results in {path.relative_to(REPO) if path.is_relative_to(REPO) else path}"
+        + (f", plot {png}" if png else "")
+    )
+    if args.check and not all(c.ok for c in checks(results, targets)):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The benchmark's events: a deterministic backlog of unique events plus duplicates, each duplicate the same
+event written again with another key order and other spacing (so only a content hash sees that it is one).
+
+Pure functions only: no Kafka, no database, no clock (the unit tests run them as they are).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# The padding makes an event about EVENT_BYTES long in its compact form, the size the issue measured.
+EVENT_BYTES = 260
+_NOTE = "steady state, all readings within limits, no operator action needed"
+
+
+@dataclass(frozen=True)
+class Message:
+    partition: int
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Backlog:
+    messages: list[Message]
+    unique: int
+    duplicates: int
+
+    @property
+    def events(self) -> int:
+        return len(self.messages)
+
+
+def event(n: int, *, sent_at: float | None = None) -> dict[str, Any]:
+    """Event number `n` (distinct content for every n). `sent_at` (epoch seconds) rides in the payload for
+    the latency run: the database row then carries its own publish time."""
+    payload: dict[str, Any] = {
+        "seq": n,
+        "temp_c": round(40.0 + (n % 500) / 10, 1),
+        "rpm": 900 + n % 1200,
+        "oil_bar": round(3.0 + (n % 250) / 100, 2),
+        "ok": n % 17 != 0,
+    }
+    if sent_at is not None:
+        payload["sent_at"] = sent_at
+    body: dict[str, Any] = {
+        "timestamp": f"2026-11-22T{(n // 3_600_000) % 24:02d}:{(n // 60_000) % 60:02d}:"
+        f"{(n // 1000) % 60:02d}.{n % 1000:03d}Z",
+        "source": f"vessel-{n % 64:03d}",
+        "type": "engine.telemetry",
+        "labels": {"deck": str(n % 4), "unit": "celsius", "site": f"north-sea-{n % 8:02d}"},
+        "payload": payload,
+    }
+    spare = EVENT_BYTES - len(orjson.dumps(body)) - len(',"note":""')
+    if spare > 0:
+        payload["note"] = _NOTE[:spare]
+    return body
+
+
+def compact(obj: dict[str, Any]) -> bytes:
+    return orjson.dumps(obj)
+
+
+def respell(obj: dict[str, Any], rng: random.Random) -> bytes:
+    """The same event written differently: every object's keys in another order (the top level's always
+    differs from `obj`'s) and other separators or indentation. The bytes never equal `compact(obj)`."""
+    keys = list(obj)
+    order = keys[:]
+    while len(keys) > 1 and order == keys:
+        rng.shuffle(order)
+    shuffled = {k: _shuffled(obj[k], rng) for k in order}
+    style = rng.choice([(", ", ": ", None), (",", ": ", None), (", ", ":", None), (",", ":", 1), (",", ": ", 2)])
+    item_sep, key_sep, indent = style
+    return json.dumps(shuffled, separators=(item_sep, key_sep), indent=indent, ensure_ascii=False).encode()
+
+
+def _shuffled(value: Any, rng: random.Random) -> Any:
+    if isinstance(value, dict):
+        keys = list(value)
+        rng.shuffle(keys)
+        return {k: _shuffled(value[k], rng) for k in keys}
+    return value
+
+
+def split(events: int, duplicate_share: float) -> tuple[int, int]:
+    """(unique, duplicates) for a backlog of `events` messages with that share of duplicates."""
+    if events < 1:
+        raise ValueError("a backlog needs at least one event")
+    if not 0.0 <= duplicate_share < 1.0:
+        raise ValueError(f"the duplicate share must be in [0, 1), got {duplicate_share}")
+    duplicates = min(round(events * duplicate_share), events - 1)
+    return events - duplicates, duplicates
+
+
+def make_backlog(events: int, duplicate_share: float, partitions: int, *, seed: int = 9, first: int = 0) -> Backlog:
+    """`events` messages: unique events `first`..`first + unique - 1` in compact form, and duplicates of
+    randomly chosen ones re-serialised, all shuffled together and spread evenly over the partitions (a
+    duplicate usually lands on another partition than its original). Keyed by source, as a producer would."""
+    unique, duplicates = split(events, duplicate_share)
+    rng = random.Random(seed)
+    picks = [(n, False) for n in range(first, first + unique)]
+    picks += [(first + rng.randrange(unique), True) for _ in range(duplicates)]
+    rng.shuffle(picks)
+    messages = []
+    for index, (n, duplicate) in enumerate(picks):
+        body = event(n)
+        value = respell(body, rng) if duplicate else compact(body)
+        messages.append(Message(index % partitions, str(body["source"]).encode(), value))
+    return Backlog(messages=messages, unique=unique, duplicates=duplicates)

@@ -1,0 +1,291 @@
+"""Results, ratios to the baselines, the issue's targets and the text report. Pure: no I/O except
+`save`, which writes the JSON files (the unit tests run the rest as it is)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PIPELINE = "pipeline"
+BARE = "bare-loop"
+NAIVE = "naive-faust"
+NO_RELIABILITY = "pipeline-no-breakers-tiers"
+
+
+@dataclass
+class Drain:
+    """One contender draining a backlog: timed from its first row to its last unique row."""
+
+    contender: str
+    events: int
+    unique: int
+    rows: int = 0
+    startup_s: float | None = None  # process start -> first row
+    drain_s: float | None = None  # first row -> last unique row
+    cpu_s: float | None = None  # CPU seconds of the process (not the broker's or PostgreSQL's) during the drain
+    cpu_total_s: float | None = None  # ... from its start to its last row (imports, start-up, recovery included)
+    peak_rss_mb: float | None = None  # VmHWM of the process
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds since process start, rows)
+    by_hash_records: int | None = None  # pipeline only: records on the by-hash topic ...
+    sink_records: int | None = None  # ... and on the sink topic
+    rereads: int | None = None  # pipeline only: partitions read again by the commit watchdog
+    commits_settled: bool | None = None  # the agents' commits reached the topics' ends after the drain
+    error: str | None = None
+
+    @property
+    def rate(self) -> float | None:
+        """Input events (duplicates included) per second of drain."""
+        if self.error or not self.drain_s or self.drain_s <= 0:
+            return None
+        return self.events / self.drain_s
+
+    @property
+    def cpu_s_per_1k(self) -> float | None:
+        return None if self.cpu_s is None else self.cpu_s / self.events * 1000
+
+
+@dataclass
+class Latency:
+    """Publish (payload.sent_at) to the row's insert time (the database's clock) at a fixed offered rate."""
+
+    offered_rate: float
+    seconds: float
+    sent: int = 0
+    rows: int = 0
+    percentiles_ms: dict[str, float] = field(default_factory=dict)  # "p50", "p90", "p99", "p99.9", "max"
+    error: str | None = None
+
+
+@dataclass
+class Rss1M:
+    """A worker whose dedupe table holds `entries` hashes, draining a small backlog."""
+
+    entries: int
+    fill: str  # how the table was filled
+    drain: Drain | None = None
+    seeded_duplicates_dropped: bool | None = None  # events whose hashes were seeded made no row
+    error: str | None = None
+
+
+@dataclass
+class Targets:
+    """The issue's targets (one worker process on a 2-core machine)."""
+
+    drain_vs_bare: float = 0.25
+    drain_vs_naive: float = 5.0
+    p99_ms: float = 250.0
+    rss_1m_mb: float = 400.0
+    reliability_cost: float = 0.05
+
+
+@dataclass
+class Check:
+    name: str
+    target: str
+    value: str
+    ok: bool
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any] = field(default_factory=dict)
+    drains: dict[str, Drain] = field(default_factory=dict)
+    latency: Latency | None = None
+    rss_1m: Rss1M | None = None
+    profile: dict[str, Any] | None = None
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile (share in [0, 1]) of a non-empty list."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(share * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def latency_percentiles(latencies_s: list[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(latencies_s, 0.50) * 1000,
+        "p90": percentile(latencies_s, 0.90) * 1000,
+        "p99": percentile(latencies_s, 0.99) * 1000,
+        "p99.9": percentile(latencies_s, 0.999) * 1000,
+        "max": max(latencies_s) * 1000,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def ratios(results: Results) -> dict[str, float | None]:
+    rate = {name: d.rate for name, d in results.drains.items()}
+    pipeline, no_rel = rate.get(PIPELINE), rate.get(NO_RELIABILITY)
+    return {
+        "pipeline_vs_bare": _ratio(pipeline, rate.get(BARE)),
+        "pipeline_vs_naive": _ratio(pipeline, rate.get(NAIVE)),
+        "naive_vs_bare": _ratio(rate.get(NAIVE), rate.get(BARE)),
+        "reliability_cost": None if pipeline is None or not no_rel else 1 - pipeline / no_rel,
+    }
+
+
+def checks(results: Results, targets: Targets) -> list[Check]:
+    """Every target whose inputs were measured in this run (a part not run is not checked); a part that
+    failed (timeout, crash, wrong row count) is a failed check."""
+    out: list[Check] = []
+    r = ratios(results)
+    for name, drain in results.drains.items():
+        if drain.error:
+            out.append(Check(f"{name} drained", "no error", drain.error, False))
+        else:
+            out.append(Check(f"{name} rows", f"== {drain.unique} unique", str(drain.rows), drain.rows == drain.unique))
+    pipe = results.drains.get(PIPELINE)
+    for key, base, minimum in (
+        ("pipeline_vs_bare", BARE, targets.drain_vs_bare),
+        ("pipeline_vs_naive", NAIVE, targets.drain_vs_naive),
+    ):
+        if pipe is not None and base in results.drains:
+            value = r[key]
+            ok = value is not None and value >= minimum
+            out.append(Check(f"drain {key}", f">= {minimum:g}", _fmt(value, ".3f"), ok))
+    if pipe is not None and not pipe.error:
+        out.append(Check("partition re-reads", "== 0", str(pipe.rereads), pipe.rereads == 0))
+        exact = pipe.by_hash_records == pipe.events
+        out.append(Check("by-hash records", f"== {pipe.events} events", str(pipe.by_hash_records), exact))
+        out.append(
+            Check("sink records", f"== {pipe.unique} unique", str(pipe.sink_records), pipe.sink_records == pipe.unique)
+        )
+    if pipe is not None and NO_RELIABILITY in results.drains:
+        cost = r["reliability_cost"]
+        rereads = [d.rereads for d in (pipe, results.drains[NO_RELIABILITY])]
+        confounded = " (re-reads in a run: their stalls dominate the difference)" if any(rereads) else ""
+        out.append(
+            Check(
+                "breakers+tiers cost",
+                f"<= {targets.reliability_cost:.0%}",
+                _fmt(cost, ".1%") + confounded,
+                cost is not None and cost <= targets.reliability_cost,
+            )
+        )
+    if results.latency is not None:
+        p99 = results.latency.percentiles_ms.get("p99")
+        ok = results.latency.error is None and p99 is not None and p99 <= targets.p99_ms
+        out.append(Check("p99 latency at half max rate", f"<= {targets.p99_ms:g} ms", _fmt(p99, ".0f", " ms"), ok))
+    if results.rss_1m is not None:
+        rss = results.rss_1m
+        peak = rss.drain.peak_rss_mb if rss.drain is not None else None
+        held = bool(rss.seeded_duplicates_dropped)
+        ok = rss.error is None and peak is not None and peak <= targets.rss_1m_mb and held
+        shown = _fmt(peak, ".0f", " MB") + ("" if held else " (seeded hashes not all held)")
+        out.append(Check(f"RSS with {rss.entries:,} hashes", f"<= {targets.rss_1m_mb:g} MB", shown, ok))
+    return out
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def render(results: Results, targets: Targets) -> str:
+    """The report as plain text (printed at the end of a run and kept in the JSON)."""
+    lines = []
+    meta = results.meta
+    if meta:
+        lines.append(
+            f"backlog: {meta.get('events', '?'):,} events, {meta.get('duplicate_share', 0):.0%} duplicates, "
+            f"{meta.get('partitions', '?')} partitions; {meta.get('cpus', '?')} CPUs; {meta.get('started', '')}"
+        )
+    if results.drains:
+        lines.append("")
+        lines.append(
+            f"{'contender':28} {'events/s':>9} {'drain s':>8} {'start s':>8} {'CPU s/1k':>9} {'peak RSS':>9}  rows"
+        )
+        for name, d in results.drains.items():
+            lines.append(
+                f"{name:28} {_fmt(d.rate, ',.0f'):>9} {_fmt(d.drain_s, '.1f'):>8} {_fmt(d.startup_s, '.1f'):>8} "
+                f"{_fmt(d.cpu_s_per_1k, '.3f'):>9} {_fmt(d.peak_rss_mb, '.0f', ' MB'):>9}  {d.rows:,}/{d.unique:,}"
+                + (f"  ERROR: {d.error}" if d.error else "")
+            )
+        for name, d in results.drains.items():
+            if d.by_hash_records is not None or d.rereads is not None:
+                lines.append(
+                    f"{name}: by-hash records {_fmt_int(d.by_hash_records)} for {d.events:,} events, sink records "
+                    f"{_fmt_int(d.sink_records)} for {d.unique:,} unique, partition re-reads {_fmt_int(d.rereads)}"
+                    + ("" if d.commits_settled in (None, True) else " (commits had not reached the ends)")
+                )
+        r = ratios(results)
+        shown = [f"{k} {v:.3f}" if k != "reliability_cost" else f"{k} {v:.1%}" for k, v in r.items() if v is not None]
+        if shown:
+            lines.append("ratios: " + ", ".join(shown))
+    if results.latency is not None:
+        lat = results.latency
+        pct = ", ".join(f"{k} {v:.0f} ms" for k, v in lat.percentiles_ms.items())
+        lines.append(
+            f"latency at {lat.offered_rate:,.0f} events/s for {lat.seconds:.0f} s ({lat.rows:,}/{lat.sent:,} rows): "
+            + (pct or "-")
+            + (f"  ERROR: {lat.error}" if lat.error else "")
+        )
+    if results.rss_1m is not None:
+        rss = results.rss_1m
+        rd = rss.drain
+        lines.append(
+            f"dedupe table with {rss.entries:,} hashes ({rss.fill}): peak RSS "
+            f"{_fmt(rd.peak_rss_mb if rd else None, '.0f', ' MB')}, "
+            f"start-up {_fmt(rd.startup_s if rd else None, '.1f', ' s')}, "
+            f"drain {_fmt(rd.rate if rd else None, ',.0f', ' events/s')}, seeded duplicates dropped: "
+            f"{rss.seeded_duplicates_dropped}" + (f"  ERROR: {rss.error}" if rss.error else "")
+        )
+    if results.profile is not None:
+        profile = results.profile
+        lines.append(
+            f"profile: {profile.get('samples', 0):,} samples over {profile.get('seconds', 0):.0f} s of a "
+            f"{profile.get('events', 0):,}-event drain; leaf in asyncio's own machinery: "
+            f"{profile.get('event_loop_share', 0)}% of samples; raw stacks in {profile.get('raw')}"
+        )
+        for title, key in (("own time", "own"), ("cumulative time below the event loop's dispatch", "cumulative")):
+            lines.append(f"  top {len(results.profile.get(key, []))} by {title}:")
+            lines.extend(f"    {share:5.1f}%  {frame}" for frame, share in results.profile.get(key, []))
+    lines.append("")
+    lines.append("targets:")
+    for check in checks(results, targets):
+        lines.append(f"  [{'ok' if check.ok else 'MISS'}] {check.name}: {check.value} (target {check.target})")
+    return "\n".join(lines)
+
+
+def _fmt_int(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def to_json(results: Results, targets: Targets) -> dict[str, Any]:
+    drains = {}
+    for name, d in results.drains.items():
+        drains[name] = {**asdict(d), "rate": d.rate, "cpu_s_per_1k": d.cpu_s_per_1k}
+    rss = None
+    if results.rss_1m is not None:
+        rss = asdict(results.rss_1m)
+        if results.rss_1m.drain is not None:
+            rss["drain"] = {**rss["drain"], "rate": results.rss_1m.drain.rate}
+    return {
+        "meta": results.meta,
+        "drains": drains,
+        "ratios": ratios(results),
+        "latency": asdict(results.latency) if results.latency else None,
+        "rss_1m": rss,
+        "profile": results.profile,
+        "targets": asdict(targets),
+        "checks": [asdict(c) for c in checks(results, targets)],
+    }
+
+
+def save(results: Results, targets: Targets, directory: Path, now: datetime | None = None) -> Path:
+    """Write `<UTC timestamp>.json` and `latest.json` into `directory`; return the timestamped path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps(to_json(results, targets), indent=1) + "\n"
+    path = directory / f"{stamp}.json"
+    path.write_text(text)
+    (directory / "latest.json").write_text(text)
+    return path

@@ -1,0 +1,378 @@
+"""The benchmark's parts, each bounded by a timeout: drains (pipeline, bare loop, naive Faust, pipeline with
+breakers and retry tiers off), latency at a fixed offered rate, RSS with a full dedupe table, and a profile."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from bench import profile as profiling
+from bench.events import Backlog, Message, compact, event, make_backlog
+from bench.measure import Table, commits_settled, records, rereads, wait_rows
+from bench.procs import Child
+from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M
+from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
+from pipeline.config import load_settings
+from pipeline.events import parse_event
+from pipeline.publisher import Publisher
+
+# The reliability machinery switched off: no breaker, no retry tiers (max_retries 0: failures go to the DLQ).
+NO_RELIABILITY_ENV = {"TSDB_BREAKER_ENABLED": "false", "TSDB_MAX_RETRIES": "0"}
+SETTLE_SEC = 45.0  # the agents' commits reach the topics' ends (the watchdog re-reads after 15 s)
+POLL_SEC = 0.25
+FIRST_ROW_POLL_SEC = 0.05
+LATENCY_WARMUP = 100
+
+
+@dataclass
+class Run:
+    stack: Stack
+    workdir: Path
+    events: int = 200_000
+    duplicate_share: float = 0.3
+    partitions: int = 6
+    stage_timeout: float | None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def lane(self, name: str) -> Lane:
+        return Lane(self.run_id, name, self.partitions, self.workdir)
+
+    def timeout(self, events: int) -> float:
+        """A stage's budget: room for start-up and a drain down to about 300 events/s."""
+        return self.stage_timeout or 180.0 + events / 300
+
+
+# --------------------------------------------------------------------------------------------------
+# Contenders: a process that drains a lane's ingest topic into its table
+
+
+def pipeline_worker(run: Run, lane: Lane, **overrides: str) -> Child:
+    env = child_env(lane.worker_env(run.stack, **overrides))
+    return Child(lane.name, python("-m", "pipeline.cli.main", "worker"), env, lane.dir / "worker.log", lane.dir)
+
+
+def bare_loop(run: Run, lane: Lane) -> Child:
+    argv = python(
+        "-m", "bench.bare", "--bootstrap", run.stack.bootstrap, "--topic", lane.ingest_topic,
+        "--group", lane.app_id, "--dsn", run.stack.dsn, "--table", lane.table,
+    )  # fmt: skip
+    return Child(lane.name, argv, child_env({}), lane.dir / "bare.log", lane.dir)
+
+
+def naive_faust(run: Run, lane: Lane) -> Child:
+    env = {
+        "BENCH_BOOTSTRAP": run.stack.bootstrap,
+        "BENCH_TOPIC": lane.ingest_topic,
+        "BENCH_APP_ID": lane.app_id,
+        "BENCH_DSN": run.stack.dsn,
+        "BENCH_TABLE": lane.table,
+        "BENCH_DATA_DIR": str(lane.dir / "data"),
+    }
+    return Child(lane.name, python("-m", "bench.naive_faust"), child_env(env), lane.dir / "naive.log", lane.dir)
+
+
+async def prepare(run: Run, lane: Lane, *, pipeline: bool, env: dict[str, str] | None = None) -> None:
+    await create_table(run.stack, lane.table)
+    if pipeline:
+        await pipeline_topics(lane, run.stack, env or lane.worker_env(run.stack))
+    else:
+        await create_topic(run.stack, lane.ingest_topic, run.partitions)
+
+
+async def observe(child: Child, table: Table, result: Drain, want: int, deadline: float) -> None:
+    """Start `child` and follow the table until it holds `want` rows: start-up, drain time, the drain's CPU
+    seconds, peak RSS and the rows-over-time curve go into `result`."""
+    child.start()
+    while not await table.any_row():
+        if (problem := child.exit_problem()) is not None:
+            raise RuntimeError(problem)
+        if time.monotonic() > deadline:
+            raise TimeoutError("no row when the stage's time ran out")
+        await asyncio.sleep(FIRST_ROW_POLL_SEC)
+    cpu_first = child.cpu_seconds()
+    while True:
+        rows = await table.rows()
+        cpu = child.cpu_seconds()
+        if rows >= want:
+            break
+        if (problem := child.exit_problem()) is not None:
+            raise RuntimeError(problem)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{rows:,} of {want:,} rows when the stage's time ran out")
+        await asyncio.sleep(POLL_SEC)
+    memory = child.memory_mb()
+    result.peak_rss_mb = memory[1] if memory else None
+    if cpu is not None and cpu_first is not None:
+        result.cpu_s = cpu - cpu_first
+    result.cpu_total_s = cpu
+    span = await table.span()
+    assert span is not None
+    result.startup_s = span[0] - child.started
+    result.drain_s = span[1] - span[0]
+    result.timeline = await table.timeline(child.started)
+    result.rows = await table.rows()
+
+
+async def drain(run: Run, name: str, backlog: Backlog, overrides: dict[str, str] | None = None) -> Drain:
+    """Pre-fill the lane's ingest topic with the backlog, then let one contender drain it."""
+    lane = run.lane(name)
+    is_pipeline = name in (PIPELINE, NO_RELIABILITY)
+    result = Drain(contender=name, events=backlog.events, unique=backlog.unique)
+    env = lane.worker_env(run.stack, **(overrides or {}))
+    child: Child | None = None
+    table: Table | None = None
+    try:
+        async with asyncio.timeout(run.timeout(backlog.events)):
+            deadline = time.monotonic() + run.timeout(backlog.events)
+            await prepare(run, lane, pipeline=is_pipeline, env=env)
+            table = await Table.open(run.stack.dsn, lane.table)
+            await produce(run.stack, lane.ingest_topic, backlog.messages)
+            if is_pipeline:
+                child = pipeline_worker(run, lane, **(overrides or {}))
+            elif name == BARE:
+                child = bare_loop(run, lane)
+            else:
+                child = naive_faust(run, lane)
+            await observe(child, table, result, backlog.unique, deadline)
+        if is_pipeline and child is not None:
+            await pipeline_work(run, lane, env, child, result)
+            result.rows = await table.rows()
+    except (TimeoutError, RuntimeError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        if table is not None:
+            result.rows = await table.rows()
+    finally:
+        if child is not None:
+            child.stop()
+        if table is not None:
+            await table.close()
+    return result
+
+
+async def pipeline_work(run: Run, lane: Lane, env: dict[str, str], child: Child, result: Drain) -> None:
+    """Work redone: records on the by-hash and sink topics once the agents' commits reached the ends, and
+    the partitions the commit watchdog read again."""
+    settings = load_settings(environ=env)
+    from pipeline.topics import load_topics
+
+    catalog = load_topics(settings.topics_path(), settings.topic_vars())
+    by_hash, sink = catalog.by_hash.name, catalog.sink("tsdb").name
+    result.commits_settled = await commits_settled(
+        run.stack.bootstrap, lane.app_id, [lane.ingest_topic, by_hash], SETTLE_SEC
+    )
+    result.by_hash_records = await records(run.stack.bootstrap, by_hash)
+    result.sink_records = await records(run.stack.bootstrap, sink)
+    result.rereads = rereads(child.log_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Latency at a fixed offered rate
+
+
+async def latency(run: Run, rate: float, seconds: float) -> Latency:
+    """A running worker, then `rate` unique events per second for `seconds`, each carrying its publish time;
+    latency = the row's insert time (database clock) - publish time."""
+    lane = run.lane("latency")
+    result = Latency(offered_rate=rate, seconds=seconds)
+    total = max(1, round(rate * seconds))
+    child = pipeline_worker(run, lane)
+    table: Table | None = None
+    try:
+        async with asyncio.timeout(run.timeout(total) + seconds):
+            deadline = time.monotonic() + run.timeout(total) + seconds
+            await prepare(run, lane, pipeline=True)
+            table = await Table.open(run.stack.dsn, lane.table)
+            warmup = [Message(n % run.partitions, b"warmup", compact(event(n))) for n in range(LATENCY_WARMUP)]
+            await produce(run.stack, lane.ingest_topic, warmup)
+            child.start()
+            await wait_rows(table, LATENCY_WARMUP, deadline=deadline, alive=child.exit_problem)
+            result.sent = await offer(run, lane, rate, total, first=1_000_000)
+            await wait_rows(table, LATENCY_WARMUP + total, deadline=deadline, alive=child.exit_problem)
+            values = await table.latencies()
+            result.rows = len(values)
+            result.percentiles_ms = {k: round(v, 1) for k, v in _percentiles(values).items()}
+    except (TimeoutError, RuntimeError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        child.stop()
+        if table is not None:
+            await table.close()
+    return result
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    from bench.report import latency_percentiles
+
+    return latency_percentiles(values)
+
+
+async def offer(run: Run, lane: Lane, rate: float, total: int, *, first: int) -> int:
+    """Publish `total` events at `rate` per second with the product's publisher (acks=all, idempotent)."""
+    settings = load_settings(environ=lane.worker_env(run.stack))
+    sent = 0
+    pending: list[asyncio.Future[object]] = []
+    async with Publisher(settings) as publisher:
+        start = time.monotonic()
+        while sent < total:
+            due = min(total, int((time.monotonic() - start) * rate) + 1)
+            while sent < due:
+                body = event(first + sent, sent_at=time.time())
+                pending.append(await publisher.send_raw(compact(body), key=str(body["source"]).encode()))
+                sent += 1
+            if len(pending) > 1000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*pending)
+    return sent
+
+
+# --------------------------------------------------------------------------------------------------
+# RSS with a full dedupe table
+
+
+async def rss_with_entries(run: Run, entries: int, events: int) -> Rss1M:
+    """A worker whose dedupe table holds `entries` hashes, draining a backlog of `events`.
+
+    Fill (faster than draining `entries` events, and what a worker meets after a restart on a new host): one
+    real event goes through a first worker, which writes one table entry to the changelog topic; that record
+    is the template for `entries - 1` more (other hashes, same value: first seen now), produced to the
+    changelog partition the by-hash topic's key maps to. A second worker with an empty data directory
+    restores them all into RocksDB before it processes anything, then drains the backlog. 1,000 of the
+    seeded hashes are those of backlog events: they must be dropped as duplicates, which shows that the
+    table really holds the seeded entries."""
+    lane = run.lane("rss")
+    result = Rss1M(entries=entries, fill="changelog restore from a templated changelog")
+    backlog = make_backlog(events, run.duplicate_share, run.partitions, seed=11, first=20_000_000)
+    seeded_real = [
+        parse_event(compact(event(20_000_000 + n)), 1 << 20).event_hash for n in range(min(1000, backlog.unique - 1))
+    ]
+    env = lane.worker_env(run.stack)
+    first: Child | None = None
+    second: Child | None = None
+    table: Table | None = None
+    budget = run.timeout(events) + entries / 2000
+    try:
+        async with asyncio.timeout(budget):
+            deadline = time.monotonic() + budget
+            catalog = await pipeline_topics(lane, run.stack, env)
+            await create_table(run.stack, lane.table)
+            table = await Table.open(run.stack.dsn, lane.table)
+            await produce(run.stack, lane.ingest_topic, [Message(0, b"template", compact(event(9_000_000)))])
+            first = pipeline_worker(run, lane).start()
+            await wait_rows(table, 1, deadline=deadline, alive=first.exit_problem)
+            changelog, by_hash = catalog.dedupe_changelog.name, catalog.by_hash.name
+            template = await _first_record(run.stack.bootstrap, changelog, deadline)
+            hash_record = await _first_record(run.stack.bootstrap, by_hash, deadline)
+            await commits_settled(run.stack.bootstrap, lane.app_id, [lane.ingest_topic, by_hash], SETTLE_SEC)
+            first.stop()
+            await table.clear()  # the drain below is timed from its own first row
+            template_hash = (hash_record.key or b"").decode()
+            if template_hash.encode() not in (template.key or b""):
+                raise RuntimeError(f"the changelog key {template.key!r} does not hold the hash {template_hash}")
+            partitions = catalog.by_hash.partitions
+            if (murmur2(hash_record.key or b"") & 0x7FFFFFFF) % partitions != hash_record.partition:
+                result.fill += " (by-hash partitioner is not murmur2: seeded entries spread round robin)"
+            rng = random.Random(5)
+            hashes = seeded_real + [f"{rng.getrandbits(256):064x}" for _ in range(entries - 1 - len(seeded_real))]
+            for start in range(0, len(hashes), 100_000):
+                chunk = hashes[start : start + 100_000]
+                await produce(run.stack, changelog, [_seeded(template, template_hash, h, partitions) for h in chunk])
+            await produce(run.stack, lane.ingest_topic, backlog.messages)
+            lane_data = lane.dir / "data-restored"
+            second = pipeline_worker(run, lane, PIPELINE_DATA_DIR=str(lane_data))
+            result.drain = Drain(contender="pipeline-1M-hashes", events=backlog.events, unique=backlog.unique)
+            want = backlog.unique - len(seeded_real)
+            result.drain.unique = want
+            await observe(second, table, result.drain, want, deadline)
+            await pipeline_work(run, lane, env, second, result.drain)
+            present = await table.hashes_present(seeded_real)
+            result.drain.rows = await table.rows()
+            result.seeded_duplicates_dropped = present == 0 and result.drain.rows == want
+    except (TimeoutError, RuntimeError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        for child in (first, second):
+            if child is not None:
+                child.stop()
+        if table is not None:
+            await table.close()
+    return result
+
+
+def _seeded(template: _Record, template_hash: str, new_hash: str, partitions: int) -> Message:
+    key = (template.key or b"").replace(template_hash.encode(), new_hash.encode())
+    partition = (murmur2(new_hash.encode()) & 0x7FFFFFFF) % partitions
+    return Message(partition, key, (template.value or b"").replace(template_hash.encode(), new_hash.encode()))
+
+
+@dataclass
+class _Record:
+    partition: int
+    key: bytes | None
+    value: bytes | None
+
+
+async def _first_record(bootstrap: str, topic: str, deadline: float) -> _Record:
+    """The first record of any partition of `topic`, waiting for one until `deadline`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                for r in batch:
+                    return _Record(r.partition, r.key, r.value)
+        raise TimeoutError(f"no record on {topic}")
+    finally:
+        await consumer.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Profile
+
+
+async def profile(run: Run, events: int, seconds: float, out_dir: Path, stamp: str) -> dict[str, object]:
+    """py-spy on a pipeline worker draining `events`, for `seconds` from its first row."""
+    lane = run.lane("profile")
+    backlog = make_backlog(events, run.duplicate_share, run.partitions, seed=13)
+    child = pipeline_worker(run, lane)
+    table: Table | None = None
+    raw = out_dir / f"profile-{stamp}.txt"
+    try:
+        async with asyncio.timeout(run.timeout(events) + seconds):
+            deadline = time.monotonic() + run.timeout(events)
+            await prepare(run, lane, pipeline=True)
+            table = await Table.open(run.stack.dsn, lane.table)
+            await produce(run.stack, lane.ingest_topic, backlog.messages)
+            child.start()
+            await wait_rows(table, 1, deadline=deadline, alive=child.exit_problem, interval=0.1)
+            rows_before = await table.rows()
+            samples = await profiling.record(child.pid, seconds, raw)
+            rows_after = await table.rows()
+    finally:
+        child.stop()
+        if table is not None:
+            await table.close()
+    summary = profiling.summarise(samples)
+    return {
+        "events": events,
+        "seconds": seconds,
+        "rows_while_sampling": rows_after - rows_before,
+        "raw": _shown(raw.with_name(raw.name + ".gz")),
+        **summary,
+    }
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)

@@ -1,0 +1,60 @@
+"""The benchmark's backlog: sizes, the duplicate share, and duplicates that differ in bytes only."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import orjson
+import pytest
+
+from bench.events import EVENT_BYTES, compact, event, make_backlog, respell, split
+from pipeline.events import parse_event
+
+
+def test_split_gives_the_duplicate_share_and_keeps_one_unique_event() -> None:
+    assert split(200_000, 0.3) == (140_000, 60_000)
+    assert split(10, 0.0) == (10, 0)
+    assert split(2, 0.9) == (1, 1)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError):
+            split(10, bad)
+    with pytest.raises(ValueError):
+        split(0, 0.3)
+
+
+def test_an_event_is_about_260_bytes_and_valid_for_the_pipeline() -> None:
+    for n in (0, 7, 123_456, 20_000_000):
+        raw = compact(event(n))
+        assert EVENT_BYTES - 10 <= len(raw) <= EVENT_BYTES + 10
+        parse_event(raw, 1 << 20)
+    assert len({compact(event(n)) for n in range(1000)}) == 1000
+
+
+def test_a_respelled_event_differs_in_bytes_and_key_order_but_not_in_content_or_hash() -> None:
+    rng = random.Random(3)
+    for n in range(200):
+        body = event(n)
+        raw = respell(body, rng)
+        assert raw != compact(body)
+        assert list(orjson.loads(raw)) != list(body)
+        assert orjson.loads(raw) == body
+        assert parse_event(raw, 1 << 20).event_hash == parse_event(compact(body), 1 << 20).event_hash
+
+
+def test_the_backlog_holds_the_unique_events_and_the_share_of_respelled_duplicates() -> None:
+    backlog = make_backlog(2000, 0.3, partitions=6)
+    assert (backlog.events, backlog.unique, backlog.duplicates) == (2000, 1400, 600)
+    hashes = Counter(parse_event(m.value, 1 << 20).event_hash for m in backlog.messages)
+    assert len(hashes) == 1400
+    assert sum(hashes.values()) - len(hashes) == 600
+    assert len({m.value for m in backlog.messages}) == 2000  # no duplicate is a byte-for-byte copy
+    per_partition = Counter(m.partition for m in backlog.messages)
+    assert sorted(per_partition) == list(range(6)) and max(per_partition.values()) - min(per_partition.values()) <= 1
+    assert all(m.key == orjson.loads(m.value)["source"].encode() for m in backlog.messages)
+
+
+def test_the_backlog_is_deterministic_and_the_latency_event_carries_its_publish_time() -> None:
+    assert make_backlog(300, 0.3, 4) == make_backlog(300, 0.3, 4)
+    assert make_backlog(300, 0.3, 4, seed=1) != make_backlog(300, 0.3, 4, seed=2)
+    assert orjson.loads(compact(event(5, sent_at=1700000000.25)))["payload"]["sent_at"] == 1700000000.25

@@ -1,0 +1,163 @@
+"""The benchmark's report: ratios to the baselines, the issue's targets, rendering, the JSON files and the
+profile summary. No timing is asserted: the numbers here are made up."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bench.profile import parse, summarise
+from bench.report import (
+    BARE,
+    NAIVE,
+    NO_RELIABILITY,
+    PIPELINE,
+    Drain,
+    Latency,
+    Results,
+    Rss1M,
+    Targets,
+    checks,
+    latency_percentiles,
+    percentile,
+    ratios,
+    render,
+    save,
+)
+
+
+def drain(name: str, seconds: float, **fields: object) -> Drain:
+    d = Drain(contender=name, events=1000, unique=700, rows=700, drain_s=seconds, startup_s=2.0, cpu_s=1.5)
+    for key, value in fields.items():
+        setattr(d, key, value)
+    return d
+
+
+def healthy(pipeline_s: float = 1.0) -> Results:
+    pipe = drain(PIPELINE, pipeline_s, by_hash_records=1000, sink_records=700, rereads=0)
+    return Results(
+        meta={"events": 1000, "duplicate_share": 0.3, "partitions": 6, "cpus": 2},
+        drains={
+            PIPELINE: pipe,
+            BARE: drain(BARE, 0.2),
+            NAIVE: drain(NAIVE, 10.0),
+            NO_RELIABILITY: drain(NO_RELIABILITY, pipeline_s * 0.97),
+        },
+        latency=Latency(offered_rate=500, seconds=30, sent=15000, rows=15000, percentiles_ms={"p50": 40, "p99": 200}),
+        rss_1m=Rss1M(
+            entries=1_000_000, fill="test", drain=drain("rss", 1.0, peak_rss_mb=350.0), seeded_duplicates_dropped=True
+        ),
+    )
+
+
+def by_name(results: Results) -> dict[str, bool]:
+    return {c.name: c.ok for c in checks(results, Targets())}
+
+
+def test_rates_and_ratios_to_both_baselines() -> None:
+    results = healthy()
+    assert results.drains[PIPELINE].rate == 1000.0
+    assert results.drains[PIPELINE].cpu_s_per_1k == 1.5
+    r = ratios(results)
+    assert r["pipeline_vs_bare"] == pytest.approx(0.2)
+    assert r["pipeline_vs_naive"] == pytest.approx(10.0)
+    assert r["reliability_cost"] == pytest.approx(0.03)
+
+
+def test_a_healthy_run_meets_every_target_but_the_bare_loop_ratio() -> None:
+    result = by_name(healthy())
+    assert result.pop("drain pipeline_vs_bare") is False  # 0.2 < 0.25
+    assert all(result.values()), result
+
+
+def test_each_target_fails_on_its_own() -> None:
+    cases: dict[str, Callable[[Results], object]] = {
+        "partition re-reads": lambda r: setattr(r.drains[PIPELINE], "rereads", 3),
+        "by-hash records": lambda r: setattr(r.drains[PIPELINE], "by_hash_records", 1004),
+        "sink records": lambda r: setattr(r.drains[PIPELINE], "sink_records", 701),
+        "naive-faust rows": lambda r: setattr(r.drains[NAIVE], "rows", 699),
+        "drain pipeline_vs_naive": lambda r: setattr(r.drains[NAIVE], "drain_s", 4.0),
+        "breakers+tiers cost": lambda r: setattr(r.drains[NO_RELIABILITY], "drain_s", 0.9),
+        "p99 latency at half max rate": lambda r: setattr(r.latency, "percentiles_ms", {"p50": 40, "p99": 251}),
+        "RSS with 1,000,000 hashes": lambda r: setattr(r.rss_1m, "seeded_duplicates_dropped", False),
+    }
+    for name, spoil in cases.items():
+        results = healthy()
+        spoil(results)
+        assert by_name(results)[name] is False, name
+
+
+def test_a_failed_part_is_a_failed_check_and_a_part_not_run_is_not_checked() -> None:
+    results = healthy()
+    results.drains[BARE].error = "TimeoutError: 10 of 700 rows"
+    results.latency = None
+    results.rss_1m = None
+    del results.drains[NO_RELIABILITY]
+    result = by_name(results)
+    assert result["bare-loop drained"] is False
+    assert result["drain pipeline_vs_bare"] is False  # no rate to compare with
+    assert not any(name.startswith(("p99", "RSS", "breakers")) for name in result)
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    assert percentile(values, 0.5) == 0.05
+    assert percentile(values, 0.99) == 0.099
+    assert latency_percentiles(values) == pytest.approx(
+        {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 100.0, "max": 100.0}
+    )
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+
+
+def test_render_shows_every_contender_ratio_and_target() -> None:
+    text = render(healthy(), Targets())
+    for needle in (
+        PIPELINE,
+        BARE,
+        NAIVE,
+        NO_RELIABILITY,
+        "1,000",
+        "pipeline_vs_naive 10.000",
+        "[MISS] drain",
+        "p99 200 ms",
+    ):
+        assert needle in text, needle
+
+
+def test_save_writes_the_timestamped_file_and_latest(tmp_path: Path) -> None:
+    path = save(healthy(), Targets(), tmp_path, now=datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
+    assert path.name == "20261201T100000Z.json"
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert data == json.loads(path.read_text())
+    assert data["drains"][PIPELINE]["rate"] == 1000.0
+    assert data["ratios"]["pipeline_vs_naive"] == pytest.approx(10.0)
+    assert {c["name"] for c in data["checks"]} >= {"partition re-reads", "breakers+tiers cost"}
+
+
+def test_profile_summary_ranks_own_and_cumulative_time_below_the_loop_dispatch() -> None:
+    raw = "\n".join(
+        [
+            "main (m.py:1);BaseEventLoop._run_once (asyncio/base_events.py:1);Handle._run (asyncio/events.py:1);"
+            "ingest (agents/ingest.py:1);parse_event (pipeline/events.py:1) 6",
+            "main (m.py:1);BaseEventLoop._run_once (asyncio/base_events.py:1);EpollSelector.select (selectors.py:1) 3",
+            "main (m.py:1);BaseEventLoop._run_once (asyncio/base_events.py:1);Handle._run (asyncio/events.py:1);"
+            "ingest (agents/ingest.py:1) 1",
+            "not a stack line",
+        ]
+    )
+    summary = summarise(parse(raw))
+    assert summary["samples"] == 10
+    assert summary["event_loop_share"] == 30.0
+    assert summary["own"] == [
+        ("parse_event (pipeline/events.py:1)", 60.0),
+        ("EpollSelector.select (selectors.py:1)", 30.0),
+        ("ingest (agents/ingest.py:1)", 10.0),
+    ]
+    cumulative = dict(summary["cumulative"])
+    assert cumulative["ingest (agents/ingest.py:1)"] == 70.0
+    assert "main (m.py:1)" not in cumulative
