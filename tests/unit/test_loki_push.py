@@ -173,6 +173,14 @@ def test_timestamp_in_nanoseconds_is_exact() -> None:
     assert timestamp_ns("2026-11-22T10:00:00.123456Z") == 1_795_341_600_123_456_000
 
 
+def test_an_integer_beyond_64_bits_is_stored_byte_for_byte_in_the_line() -> None:
+    raw = b'{"labels":{},"payload":{"n":123456789012345678901234567890},"source":"s",'
+    raw += b'"timestamp":"2026-11-22T10:00:00.000000Z","type":"t"}'
+    entry, event = parse_record(raw, "h", 10_000)
+    assert entry.line == raw.decode()
+    assert event["timestamp"] == "2026-11-22T10:00:00.000000Z"  # the line is the body; fields only label it
+
+
 def test_entries_within_a_stream_are_sorted_by_timestamp() -> None:
     labeler = StreamLabeler(event_label_allowlist=("deck",))
     streams = streams_of([body(n, source="s") for n in (5, 1, 3, 0, 2)], labeler)
