@@ -51,7 +51,8 @@ async def test_prometheus_sees_the_breaker_lag_and_backlog_rise_and_fall(
     stack: Stack, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     web_port = free_port()
-    await start(stack, FAST, TSDB_DSN=through(stack.dsn, proxy), WEB_ENABLED="true", WEB_PORT=str(web_port))
+    web = {"WEB_ENABLED": "true", "WEB_PORT": str(web_port), "METRICS_INTERVAL_SEC": "1"}  # lag/backlog every 1 s
+    await start(stack, FAST, web, TSDB_DSN=through(stack.dsn, proxy))
     worker = stack.worker()
     target = f"{HOST}:{web_port}"
     with PrometheusServer(tmp_path / "prometheus", [target]) as prometheus:
