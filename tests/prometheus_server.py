@@ -48,7 +48,9 @@ def require_binary(name: str) -> Path:
     """The binary, or skip the test saying how to get it."""
     path = find_binary(name)
     if path is None:
-        pytest.skip(f"{name} not found (PROMETHEUS_BIN or PATH): install Debian's prometheus package (scripts/bootstrap)")
+        pytest.skip(
+            f"{name} not found (PROMETHEUS_BIN or PATH): install Debian's prometheus package (scripts/bootstrap)"
+        )
     return path
 
 

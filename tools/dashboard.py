@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.builders import common as gc
+from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.builders import prometheus, statetimeline, timeseries
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -274,7 +274,9 @@ def _panel(spec: PanelSpec, panel_id: int, x: int, y: int) -> Builder[dm.Panel]:
         ref = chr(ord("A") + n)
         builder.with_target(prometheus.Dataquery().expr(query.expr).legend_format(query.legend).ref_id(ref))
     if spec.mappings:
-        options = {value: dm.ValueMappingResult(text=text, color=colour) for value, (text, colour) in spec.mappings.items()}
+        options = {
+            value: dm.ValueMappingResult(text=text, color=colour) for value, (text, colour) in spec.mappings.items()
+        }
         builder.mappings([dm.ValueMap(options=options)])
     if spec.red_below is not None:
         steps = [dm.Threshold(value=None, color="red"), dm.Threshold(value=spec.red_below, color="green")]
