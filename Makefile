@@ -12,7 +12,7 @@ KAFKA4_TESTS := tests/e2e/test_delivery.py tests/e2e/test_faults.py tests/e2e/te
 	tests/e2e/test_dedupe_window.py tests/test_topics.py tests/test_devstack.py
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap demo test test-kafka4 lint bench clean
+.PHONY: help bootstrap demo test test-kafka4 lint bench dashboard alerts clean
 
 help:
 	@echo "make demo         run the whole pipeline on a local Kafka + PostgreSQL and show what landed"
@@ -20,6 +20,8 @@ help:
 	@echo "make test-kafka4  the broker-facing tests (delivery, faults, dedupe, topics) on Kafka $(KAFKA4_VERSION)"
 	@echo "make lint         ruff check, ruff format --check, mypy"
 	@echo "make bench        drain benchmark: pipeline vs bare loop vs naive Faust (ARGS=\"--events 20000 --only drain\")"
+	@echo "make dashboard    regenerate deploy/grafana/dashboards/pipeline.json from tools/dashboard.py"
+	@echo "make alerts       promtool check rules and test rules on deploy/prometheus/alerts.yml"
 	@echo "make bootstrap    only the set-up (.venv, Java/Maven, PostgreSQL binaries, Kafka jars)"
 	@echo "make clean        remove .venv and caches (not the Kafka jar cache in ~/.cache/pipeline)"
 
@@ -49,6 +51,16 @@ lint: bootstrap
 bench: bootstrap
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python -m bench $(ARGS)
+
+# The Grafana dashboard is built from typed Python; tests/unit/test_dashboard.py fails when the committed
+# JSON is not what the generator builds.
+dashboard: bootstrap
+	$(BIN)/python -m tools.dashboard
+
+alerts: bootstrap
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool check config deploy/prometheus/prometheus.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
