@@ -96,7 +96,7 @@ class SinkRunner:
         self.rng = rng or random.Random()
         self.main_topic = catalog.sink(self.name).name
         self.tier_topics = [spec.name for spec in catalog.sink_retry(self.name)]
-        self.tier_labels = [spec.tier or str(i) for i, spec in enumerate(catalog.sink_retry(self.name))]
+        self.tier_labels = metrics.tier_labels(catalog.sink_retry(self.name))
         self.dlq_topic = catalog.sink_dlq(self.name).name
         self.holds: dict[TopicPartition, int] = {}  # retry-tier partition -> due epoch ms of its head
         self.expiry = ExpiryWatch(self.name)

@@ -162,6 +162,7 @@ class LagCollector:
         self.snapshot = Snapshot()
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._lock: asyncio.Lock | None = None
 
     @classmethod
     def for_app(cls, settings: Settings, catalog: TopicCatalog) -> LagCollector:
@@ -228,6 +229,11 @@ class LagCollector:
     # -- one round ---------------------------------------------------------------------------------
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:  # a health check and a round may both make them
+            return await self._make_clients()
+
+    async def _make_clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         kafka = self.kafka
         if self._admin is None:
             admin = AIOKafkaAdminClient(

@@ -5,8 +5,16 @@ group, partition; never an event id, a hash or free text."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+if TYPE_CHECKING:
+    from pipeline.topics import TopicSpec
+
+# No *_created series: they double the series count and nothing charts them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 INGESTED = Counter("pipeline_ingest_events_total", "Events accepted from the ingest topic", registry=REGISTRY)
@@ -128,3 +136,18 @@ RETENTION_HEADROOM_RATIO = Gauge(
 HTTP_INGEST_REQUESTS = Counter(
     "pipeline_http_ingest_requests_total", "POST /ingest requests by response status", ["status"], registry=REGISTRY
 )
+
+
+def tier_labels(retry_topics: Iterable[TopicSpec]) -> list[str]:
+    """The `tier` label of each retry tier of a sink (its delay, as in the topic name: 1s, 5m)."""
+    return [spec.tier or str(index) for index, spec in enumerate(retry_topics)]
+
+
+def init_sink(sink: str, tiers: Sequence[str]) -> None:
+    """Create a sink's series at 0, so that rate() and the alert rules see them before the first event."""
+    for counter in (SINK_WRITTEN, SINK_EXPIRED, SINK_TIMEOUTS, CIRCUIT_OPENS):
+        counter.labels(sink)
+    for tier in tiers:
+        SINK_RETRIES.labels(sink, tier)
+    for gauge in (QUEUE_SIZE, QUEUE_BYTES, BACKLOG_AGE, BREAKER_FORCED, CIRCUIT_STATE):
+        gauge.labels(sink)

@@ -121,6 +121,7 @@ class IngestEndpoint:
         )
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._stopping: set[asyncio.Task[None]] = set()
 
     async def producer(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -221,8 +222,10 @@ class IngestEndpoint:
         """A producer that timed out may hold a dead connection; the next request makes a new one."""
         async with self._lock:
             producer, self._producer = self._producer, None
-        if producer is not None:
-            asyncio.get_running_loop().create_task(producer.stop())
+        if producer is not None:  # stopped in the background: stop() waits for the dead broker
+            task = asyncio.get_running_loop().create_task(producer.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
 
 def _too_large(message: str, errors: list[dict[str, object]] | None = None) -> web.Response:

@@ -83,9 +83,11 @@ class WebService(Service):
         settings: Settings,
         report: HealthReport,
         ingest: IngestEndpoint | None,
+        tiers: Mapping[str, list[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.tiers = dict(tiers or {})  # sink -> its retry tiers' labels, for the series made at 0
         self.settings = settings
         self.report = report
         self.ingest = ingest
@@ -95,6 +97,8 @@ class WebService(Service):
     async def on_start(self) -> None:
         settings = self.settings
         metrics.WORKER_INFO.labels(package_version(), settings.app_id).set(1)
+        for name, tiers in self.tiers.items():
+            metrics.init_sink(name, tiers)
         self._collector_task = asyncio.create_task(self.report.collector.run(), name="metrics-collector")
         if not settings.web_enabled:
             return
@@ -152,6 +156,9 @@ def attach(
         timeout=settings.health_timeout_sec,
     )
     ingest = IngestEndpoint(settings, catalog.ingest.name) if settings.ingest_http_enabled else None
-    service = WebService(settings, report, ingest)
+    tiers = {
+        s.name: [t.tier or str(i) for i, t in enumerate(catalog.sink_retry(s.name))] for s in settings.enabled_sinks()
+    }
+    service = WebService(settings, report, ingest, tiers)
     app.service(service)
     return service
