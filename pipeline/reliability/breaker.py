@@ -242,14 +242,7 @@ class CircuitBreaker:
         """End any override and close the breaker with its failure counts cleared."""
         old = self.state
         self.forced = Forced.NONE
-        self._opened_at = None
-        self._open_until = 0.0
-        self._consecutive_failures = 0
-        self._window.clear()
-        self._window_failures = 0
-        self._half_open_successes = 0
-        self._others += self._probes
-        self._probes = 0
+        self._forget()
         self._state = BreakerState.CLOSED
         self._report(old, BreakerState.CLOSED, reason, always=False)
 
@@ -340,6 +333,11 @@ class CircuitBreaker:
         self._move(BreakerState.OPEN, reason)
 
     def _close(self, reason: str) -> None:
+        self._forget()
+        self._move(BreakerState.CLOSED, reason)
+
+    def _forget(self) -> None:
+        """Clear the open period and the failure counts (closing)."""
         self._opened_at = None
         self._open_until = 0.0
         self._consecutive_failures = 0
@@ -348,7 +346,6 @@ class CircuitBreaker:
         self._half_open_successes = 0
         self._others += self._probes  # probes still out now count as ordinary requests
         self._probes = 0
-        self._move(BreakerState.CLOSED, reason)
 
     def _move(self, new: BreakerState, reason: str) -> None:
         old = self._state

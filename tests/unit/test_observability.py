@@ -22,6 +22,7 @@ from pipeline.reliability.policies import BreakerPolicy
 from pipeline.reliability.ratelimit import ClientBuckets
 from pipeline.web.auth import authorized, bearer_token
 from pipeline.web.ingest import BodyError, split_events
+from tests.unit.test_flow_and_routing import FakeClock
 
 # -- degradation ------------------------------------------------------------------------------------
 
@@ -102,16 +103,8 @@ def test_backlog_age_headroom_and_bytes_of_a_sink() -> None:
 # -- per-client rate limit --------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_client_buckets_allow_a_burst_then_answer_with_the_wait() -> None:
-    clock = Clock()
+    clock = FakeClock()
     buckets = ClientBuckets(2.0, capacity=3, clock=clock)
     assert [buckets.try_take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert buckets.try_take("a") == pytest.approx(0.5)  # one token at 2/s
@@ -123,7 +116,7 @@ def test_client_buckets_allow_a_burst_then_answer_with_the_wait() -> None:
 
 
 def test_client_buckets_keep_a_bounded_number_of_clients() -> None:
-    buckets = ClientBuckets(1.0, capacity=1, max_clients=2, clock=Clock())
+    buckets = ClientBuckets(1.0, capacity=1, max_clients=2, clock=FakeClock())
     for client in ("a", "b", "c"):
         assert buckets.try_take(client) == 0.0
     assert buckets.try_take("a") == 0.0  # forgotten (least recently used): full again
@@ -155,6 +148,7 @@ def test_forced_breakers_hold_until_reset_and_report_each_move() -> None:
     cb = CircuitBreaker(
         "tsdb", BreakerPolicy(failure_threshold=1), on_transition=lambda n, old, new, why: moves.append((old, new, why))
     )
+
     def state() -> BreakerState:  # a call, so the type checker does not narrow it between steps
         return cb.state
 
