@@ -1,6 +1,6 @@
 """POST /ingest, the seeds' ingestion endpoint: one JSON event, a JSON array of events, or NDJSON.
 
-Every event is validated by the ingest stage's own code (pipeline.events.parse_event) before anything is
+Every event is validated by the ingest stage's own code (pipeline.ingest.route) before anything is
 produced: one invalid event refuses the whole request (400, with the index and reason of each invalid
 one), one over INGEST_MAX_EVENT_BYTES gives 413. Valid requests are produced to the ingest topic with
 acks=all and answered 202 with the count only once the broker acknowledged every event; while the
@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline import headers as h
 from pipeline.config import Settings
-from pipeline.events import Rejection, parse_event
+from pipeline.ingest import Origin, route
 from pipeline.observability import metrics
 from pipeline.reliability.ratelimit import ClientBuckets
 from pipeline.web.auth import authorized, refuse
@@ -101,15 +101,17 @@ def _skip(text: str, i: int) -> int:
 @dataclass(frozen=True)
 class Valid:
     key: bytes
-    value: bytes
+    value: bytes  # the event as the client sent it
+    headers: list[tuple[str, bytes]]
 
 
 class IngestEndpoint:
     """The handler of POST /ingest with its producer (started on first use, again after a failure)."""
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str, max_record_bytes: int) -> None:
         self.settings = settings
         self.topic = topic
+        self.max_record_bytes = max_record_bytes
         self.token = settings.ingest_token
         self.buckets = (
             ClientBuckets(
@@ -152,16 +154,24 @@ class IngestEndpoint:
             await producer.stop()
 
     def validate(self, raw: list[bytes], idempotency_key: str | None) -> tuple[list[Valid], list[dict[str, object]]]:
+        """The events as the ingest agent will judge them (pipeline.ingest.route), nothing produced yet."""
         valid: list[Valid] = []
         errors: list[dict[str, object]] = []
-        limit = self.settings.max_event_bytes
+        headers = [(h.IDEMPOTENCY_KEY, idempotency_key.encode())] if idempotency_key and len(raw) == 1 else []
+        origin = Origin(self.topic, -1, -1)
         for index, body in enumerate(raw):
-            try:
-                accepted = parse_event(body, limit, idempotency_key if len(raw) == 1 else None)
-            except Rejection as why:
-                errors.append({"index": index, "reason": why.reason, "message": why.message})
-                continue
-            valid.append(Valid(accepted.event_hash.encode(), body))
+            routed = route(
+                None,
+                body,
+                headers,
+                origin,
+                max_event_bytes=self.settings.max_event_bytes,
+                max_record_bytes=self.max_record_bytes,
+            )
+            if routed.rejection is not None:
+                errors.append({"index": index, "reason": routed.rejection.reason, "message": routed.rejection.message})
+            elif routed.accepted is not None:
+                valid.append(Valid(routed.accepted.event_hash.encode(), body, headers))
         return valid, errors
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -205,7 +215,7 @@ class IngestEndpoint:
         try:
             async with asyncio.timeout(self.settings.ingest_http_timeout_sec):
                 producer = await self.producer()
-                futures = [await producer.send(self.topic, value=v.value, key=v.key) for v in valid]
+                futures = [await producer.send(self.topic, value=v.value, key=v.key, headers=v.headers) for v in valid]
                 await asyncio.gather(*futures)
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("ingest request failed: broker unavailable", events=len(valid), error=str(exc)[:300])

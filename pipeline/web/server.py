@@ -20,6 +20,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.config import Settings
+from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
 from pipeline.observability.collector import LagCollector
 from pipeline.observability.health import UNHEALTHY, HealthReport, WorkerState
@@ -155,7 +156,9 @@ def attach(
         worker=state,
         timeout=settings.health_timeout_sec,
     )
-    ingest = IngestEndpoint(settings, catalog.ingest.name) if settings.ingest_http_enabled else None
+    ingest = None
+    if settings.ingest_http_enabled:
+        ingest = IngestEndpoint(settings, catalog.ingest.name, producer_request_bytes(catalog))
     tiers = {
         s.name: [t.tier or str(i) for i, t in enumerate(catalog.sink_retry(s.name))] for s in settings.enabled_sinks()
     }

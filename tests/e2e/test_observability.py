@@ -258,6 +258,7 @@ async def test_a_worker_shows_and_lets_operate_a_sink_outage(
 
 
 async def test_ingest_answers_503_while_the_broker_is_unreachable(client: httpx.AsyncClient) -> None:
+    from pipeline.limits import producer_request_bytes
     from pipeline.web.ingest import IngestEndpoint
 
     dead = free_port()  # nothing listens there
@@ -265,7 +266,7 @@ async def test_ingest_answers_503_while_the_broker_is_unreachable(client: httpx.
         environ={"PIPELINE_CONFIG": "", "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{dead}", "INGEST_HTTP_TIMEOUT_SEC": "2"}
     )
     catalog = load_topics(settings.topics_path(), settings.topic_vars())
-    endpoint = IngestEndpoint(settings, catalog.ingest.name)
+    endpoint = IngestEndpoint(settings, catalog.ingest.name, producer_request_bytes(catalog))
     app = web.Application()
     app.router.add_post("/ingest", endpoint.handle)
     runner = web.AppRunner(app)
