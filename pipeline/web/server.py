@@ -100,9 +100,9 @@ class WebService(Service):
         metrics.WORKER_INFO.labels(package_version(), settings.app_id).set(1)
         for name, tiers in self.tiers.items():
             metrics.init_sink(name, tiers)
-        self._collector_task = asyncio.create_task(self.report.collector.run(), name="metrics-collector")
         if not settings.web_enabled:
-            return
+            return  # nothing would read the collector's values
+        self._collector_task = asyncio.create_task(self.report.collector.run(), name="metrics-collector")
         runner = web.AppRunner(build_web_app(settings, self.report, self.ingest), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.web_host, settings.web_port, reuse_address=True)
