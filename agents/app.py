@@ -56,6 +56,7 @@ def _credentials(settings: Settings) -> Any:
 def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
     from agents import dedupe, deliver, ingest, watchdog
     from agents.consumer import GaplessConsumer
+    from pipeline.web import server as web
 
     app = faust.App(
         settings.app_id,
@@ -86,10 +87,9 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         # at shutdown or rebalance would wait on a sink that may be down. Unacked events are redelivered.
         stream_wait_empty=False,
         table_cleanup_interval=30.0,
-        web_enabled=settings.web_enabled,
-        web_bind=settings.web_host,
-        web_port=settings.web_port,
-        web_in_thread=False,
+        # Faust's web server (its /router/ and /table/ views reveal dedupe keys) stays off; the worker's
+        # own (pipeline.web) serves metrics, health, admin and ingest.
+        web_enabled=False,
     )
     # Our commit rule (never past an offset no agent acked): see agents/consumer.py.
     transport: Any = app.transport
@@ -105,6 +105,7 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
 
     ingest.register(pipeline)
     dedupe.register(pipeline)
-    deliver.register(pipeline)
+    delivery = deliver.register(pipeline)
     watchdog.register(pipeline)
+    web.attach(app, settings, catalog, delivery.breakers, delivery.sinks)
     return pipeline

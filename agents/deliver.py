@@ -15,6 +15,7 @@ from agents.app import Pipeline
 from pipeline.delivery.runner import SinkRunner
 from pipeline.observability import metrics
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
+from pipeline.sinks.base import Sink
 from pipeline.sinks.registry import create_sink
 
 log = structlog.get_logger("pipeline.deliver")
@@ -35,6 +36,7 @@ class DeliveryService(Service):
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.sinks: dict[str, Sink] = {}  # for the health endpoints
         self._runner_tasks: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
 
@@ -56,9 +58,11 @@ class DeliveryService(Service):
                 sink_settings.name, sink_settings.circuit_breaker, on_transition=on_breaker_transition
             )
             metrics.CIRCUIT_STATE.labels(sink_settings.name).set(0)
+            metrics.BREAKER_FORCED.labels(sink_settings.name).set(0)
             self.breakers[sink_settings.name] = breaker
+            self.sinks[sink_settings.name] = create_sink(sink_settings)
             runner = SinkRunner(
-                sink=create_sink(sink_settings),
+                sink=self.sinks[sink_settings.name],
                 settings=sink_settings,
                 catalog=self.pipeline.catalog,
                 kafka=kafka,

@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 
 from agents.app import Pipeline
 from agents.consumer import GaplessConsumer
+from pipeline.observability import metrics
 from pipeline.observability.lag import RecordProbe
 
 log = structlog.get_logger("pipeline.watchdog")
@@ -55,6 +56,7 @@ def register(pipeline: Pipeline) -> None:
     async def reread(consumer: GaplessConsumer, tp: Any, offset: int) -> None:
         await consumer.seek(tp, offset)
         rereads[tp] = (offset, time.monotonic())
+        metrics.REREADS.labels(tp.topic).inc()
 
     async def verify_gaps() -> None:
         consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]

@@ -122,9 +122,21 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(500, ge=1, le=10_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
-    web_enabled: bool = True
-    web_host: str = "127.0.0.1"
+    web_enabled: bool = Field(True, description="serve /metrics, /health/*, admin and POST /ingest")
+    web_host: str = Field("127.0.0.1", min_length=1, description="0.0.0.0 for Prometheus and the kubelet")
     web_port: int = Field(6066, ge=1, le=65535)
+    web_allow_unauthenticated: bool = Field(
+        False, description="serve POST /ingest without INGEST_TOKEN on a non-loopback WEB_HOST"
+    )
+    admin_token: SecretStr | None = Field(None, description="bearer token of /admin/*; admin is off when unset")
+    ingest_token: SecretStr | None = Field(None, description="bearer token of POST /ingest")
+    ingest_http_enabled: bool = Field(True, description="serve POST /ingest")
+    ingest_http_max_request_bytes: int = Field(16 * 1_048_576, ge=1024, description="one POST /ingest body")
+    ingest_http_timeout_sec: float = Field(10.0, gt=0, le=300, description="broker acknowledgement, else 503")
+    ingest_rate_limit_per_sec: float = Field(0.0, ge=0, description="events per second per client; 0 = off")
+    ingest_rate_limit_burst: int | None = Field(None, ge=1, description="bucket size (default: one second)")
+    metrics_interval_sec: float = Field(10.0, ge=0.5, le=3600, description="lag/backlog collector period")
+    health_timeout_sec: float = Field(2.0, gt=0, le=60, description="each check of /health/detailed")
     strict_config: bool = Field(False, description="an env variable with a sink's prefix that is no setting fails")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
@@ -174,7 +186,9 @@ class Settings(BaseSettings):
         )
 
     def check_runnable(self, provenance: Provenance | None = None) -> None:
-        """What a worker needs beyond valid values: at least one sink, and each enabled sink complete."""
+        """What a worker needs beyond valid values: at least one sink, each enabled sink complete, and no
+        unauthenticated write endpoint on a non-loopback address."""
+        self.check_web_exposure()
         enabled = self.enabled_sinks()
         if not enabled:
             raise ConfigError("no sink is enabled: enable one, e.g. TSDB_ENABLED=true with TSDB_DSN=postgresql://...")
@@ -194,6 +208,30 @@ class Settings(BaseSettings):
                     f"sinks.{sink.name}.{setting} (env {env_prefix(sink.name)}_{setting.upper()}): {exc} "
                     f"(sink {sink.name!r}; set {env_prefix(sink.name)}_ENABLED=false to turn it off)"
                 ) from None
+
+    def check_web_exposure(self) -> None:
+        """POST /ingest on a non-loopback WEB_HOST needs INGEST_TOKEN (or WEB_ALLOW_UNAUTHENTICATED=true).
+        Admin needs no check: it is off without ADMIN_TOKEN."""
+        if not self.web_enabled or not self.ingest_http_enabled or self.ingest_token is not None:
+            return
+        if self.web_allow_unauthenticated or is_loopback(self.web_host):
+            return
+        raise ConfigError(
+            f"web_host (env WEB_HOST) is {self.web_host!r}, not a loopback address, and POST /ingest has no token: "
+            "set INGEST_TOKEN, or INGEST_HTTP_ENABLED=false, or WEB_ALLOW_UNAUTHENTICATED=true to serve it to anyone"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only listens on this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,6 +271,16 @@ _GLOBAL_ENV: dict[str, str] = {
     "web_enabled": "WEB_ENABLED",
     "web_host": "WEB_HOST",
     "web_port": "WEB_PORT",
+    "web_allow_unauthenticated": "WEB_ALLOW_UNAUTHENTICATED",
+    "admin_token": "ADMIN_TOKEN",
+    "ingest_token": "INGEST_TOKEN",
+    "ingest_http_enabled": "INGEST_HTTP_ENABLED",
+    "ingest_http_max_request_bytes": "INGEST_HTTP_MAX_REQUEST_BYTES",
+    "ingest_http_timeout_sec": "INGEST_HTTP_TIMEOUT_SEC",
+    "ingest_rate_limit_per_sec": "INGEST_RATE_LIMIT_PER_SEC",
+    "ingest_rate_limit_burst": "INGEST_RATE_LIMIT_BURST",
+    "metrics_interval_sec": "METRICS_INTERVAL_SEC",
+    "health_timeout_sec": "HEALTH_TIMEOUT_SEC",
     "strict_config": "STRICT_CONFIG",
 }
 _GLOBAL_ENV.update({f"kafka.{name}": f"KAFKA_{name.upper()}" for name in KafkaSettings.model_fields})

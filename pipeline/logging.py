@@ -1,10 +1,15 @@
 """Structured logs: JSON lines in production, key=value on a terminal. Faust's and aiokafka's stdlib
 loggers go through the same formatter, so one worker writes one format, and through the redactor
-(pipeline.redact), so no configured secret and no credential-shaped text leaves in a log line."""
+(pipeline.redact), so no configured secret and no credential-shaped text leaves in a log line.
+
+Fields by convention: `sink`, `topic`, `partition`, `offset`, `event_hash` where they apply. Event
+contents never go above DEBUG: a field named like a payload (`PAYLOAD_FIELDS`) in an INFO or higher line
+is replaced by its size."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -18,6 +23,19 @@ _SHARED: list[Any] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.StackInfoRenderer(),
 ]
+
+
+PAYLOAD_FIELDS = frozenset({"payload", "body", "value", "event_body", "record", "records"})
+
+
+def drop_payloads(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace payload-like fields by their size unless the line is DEBUG."""
+    if method == "debug" or str(event_dict.get("level", "")).lower() == "debug":
+        return event_dict
+    for name in PAYLOAD_FIELDS & event_dict.keys():
+        value = event_dict[name]
+        event_dict[name] = f"<omitted: {len(value)} bytes>" if isinstance(value, bytes | str) else "<omitted>"
+    return event_dict
 
 
 def _renderer(fmt: str) -> Any:
@@ -39,6 +57,7 @@ def logging_dict_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,
+                    drop_payloads,
                     redact_event,  # last before rendering: the message, every field, the traceback
                     _renderer(fmt),
                 ],

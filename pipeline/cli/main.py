@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import config, demo, devstack, publish, topics, worker
+from pipeline.cli import config, demo, devstack, health, publish, topics, worker
 
 app = typer.Typer(
     name="pipeline",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command("worker")(worker.worker)
 app.command("publish")(publish.publish)
 app.command("demo")(demo.demo)
+app.command("health")(health.health)
 app.add_typer(topics.app, name="topics", help="Plan and apply the topics declared in topics.yaml.")
 app.add_typer(config.app, name="config")
 app.add_typer(devstack.app, name="devstack", help="Local Kafka and PostgreSQL for development and tests.")

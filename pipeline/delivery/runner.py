@@ -96,6 +96,7 @@ class SinkRunner:
         self.rng = rng or random.Random()
         self.main_topic = catalog.sink(self.name).name
         self.tier_topics = [spec.name for spec in catalog.sink_retry(self.name)]
+        self.tier_labels = metrics.tier_labels(catalog.sink_retry(self.name))
         self.dlq_topic = catalog.sink_dlq(self.name).name
         self.holds: dict[TopicPartition, int] = {}  # retry-tier partition -> due epoch ms of its head
         self.expiry = ExpiryWatch(self.name)
@@ -313,6 +314,7 @@ class SinkRunner:
         outcome.success = True
         outcome.written += len(items)
         metrics.SINK_WRITE_SECONDS.labels(self.name).observe(time.monotonic() - started)
+        metrics.SINK_BATCH_SIZE.labels(self.name).observe(len(items))
         metrics.SINK_WRITTEN.labels(self.name).inc(written)
 
     def _fail(self, items: list[Item], error: SinkError, outcome: Outcome) -> None:
@@ -359,13 +361,24 @@ class SinkRunner:
             label = _route_label(route)
             counts[label] = counts.get(label, 0) + 1
             if route.kind == "retry":
-                metrics.SINK_RETRIES.labels(self.name).inc()
+                metrics.SINK_RETRIES.labels(self.name, self.tier_labels[route.tier or 0]).inc()
             else:
                 metrics.SINK_DLQ.labels(self.name, route.reason or "").inc()
         await asyncio.gather(*futures)
         first = failures[0].error
         level = log.error if any(k.startswith("dlq") for k in counts) else log.warning
-        level("delivery failed", sink=self.name, routed=counts, error_class=type(first).__name__, error=str(first))
+        item = failures[0].item
+        level(
+            "delivery failed",
+            sink=self.name,
+            routed=counts,
+            error_class=type(first).__name__,
+            error=str(first),
+            topic=item.tp.topic,
+            partition=item.tp.partition,
+            offset=item.record.offset,
+            event_hash=item.event_hash,
+        )
 
     async def _commit(self, batch: list[Item]) -> None:
         consumer = self.consumer

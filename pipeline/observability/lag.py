@@ -1,5 +1,6 @@
 """Topic sizes and consumer-group lag from the broker: end offsets minus beginning or committed offsets.
-Used by the demo, the tests and (later) the metrics and DLQ tools."""
+Used by the demo, the tests, the metrics collector (pipeline.observability.collector) and the DLQ tools.
+The lag math itself (`partition_lag`, `lag_seconds`) is pure."""
 
 from __future__ import annotations
 
@@ -9,6 +10,22 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError, NotCoordinatorError
+
+
+def partition_lag(committed: int | None, low: int, high: int) -> int:
+    """Records of one partition its group has not committed: from the committed offset (or, without a
+    commit or below what retention left, from the first record left) up to the high watermark."""
+    start = low if committed is None or committed < 0 else max(committed, low)
+    return max(0, high - start)
+
+
+def lag_seconds(lag: int, next_timestamp_ms: int | None, now_ms: int) -> float | None:
+    """Age of the next record the group has not committed: 0 when caught up, None when unknown."""
+    if lag <= 0:
+        return 0.0
+    if next_timestamp_ms is None or next_timestamp_ms < 0:
+        return None
+    return max(0.0, (now_ms - next_timestamp_ms) / 1000)
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

@@ -18,6 +18,11 @@ half-open cap holds whatever order the results come in. Results are judged by th
 resilience4j does): in half-open any failure re-opens and any success counts toward closing; in open they
 only end their request.
 
+Admin overrides (maintenance windows, `POST /admin/breakers/{sink}/...`): `force(Forced.OPEN)` holds the
+breaker open (nothing is let through) and `force(Forced.CLOSED)` holds it closed (everything is let through,
+failures are not counted) until `reset()`, which also closes the breaker and forgets its failures. These
+moves are reported to the transition hook like any other, with the admin's reason.
+
 Single-threaded (asyncio): no locks. The clock is injected so tests can drive time.
 """
 
@@ -34,7 +39,7 @@ import structlog
 
 from pipeline.reliability.policies import BreakerPolicy
 
-__all__ = ["LEGAL_TRANSITIONS", "BreakerState", "CircuitBreaker", "TransitionHook"]
+__all__ = ["LEGAL_TRANSITIONS", "BreakerState", "CircuitBreaker", "Forced", "TransitionHook"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +53,14 @@ class BreakerState(enum.Enum):
     def metric_value(self) -> int:
         """The seeds' gauge value (mship_sink_circuit_state): 0 closed, 1 open, 2 half-open."""
         return _METRIC_VALUES[self]
+
+
+class Forced(enum.Enum):
+    """An admin override; its value is the gauge pipeline_breaker_forced."""
+
+    NONE = 0
+    OPEN = 1
+    CLOSED = 2
 
 
 _METRIC_VALUES: dict[BreakerState, int] = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
@@ -90,12 +103,17 @@ class CircuitBreaker:
         self._probes = 0  # admitted in the current half-open period and not ended yet
         self._others = 0  # every other admitted request not ended yet (closed-era, or probes of a past period)
         self._waiters: set[asyncio.Future[None]] = set()
+        self.forced = Forced.NONE
 
     # -- state -------------------------------------------------------------------------------------
 
     @property
     def state(self) -> BreakerState:
         """The current state; reading it moves OPEN -> HALF_OPEN once the open period is over."""
+        if self.forced is Forced.OPEN:
+            return BreakerState.OPEN
+        if self.forced is Forced.CLOSED:
+            return BreakerState.CLOSED
         if not self.policy.enabled:
             return BreakerState.CLOSED
         if self._state is BreakerState.OPEN and self._clock() >= self._open_until:
@@ -115,6 +133,11 @@ class CircuitBreaker:
     def allow_request(self) -> bool:
         """Whether a request may go to the sink now. True reserves a place (a probe slot when half-open):
         end it with exactly one record_* call."""
+        if self.forced is Forced.OPEN:
+            return False
+        if self.forced is Forced.CLOSED:
+            self._others += 1
+            return True
         if not self.policy.enabled:
             return True
         state = self.state
@@ -127,6 +150,9 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
+        if self.forced is not Forced.NONE:
+            self._end()
+            return
         if not self.policy.enabled:
             return
         state = self.state
@@ -141,6 +167,9 @@ class CircuitBreaker:
 
     def record_failure(self) -> None:
         """A retryable failure of the sink (timeout, connection error, 5xx, 429)."""
+        if self.forced is not Forced.NONE:
+            self._end()
+            return
         if not self.policy.enabled:
             return
         state = self.state
@@ -157,15 +186,15 @@ class CircuitBreaker:
 
     def record_ignored(self) -> None:
         """The request ended without saying anything about the sink: frees its place, counts nothing."""
-        if not self.policy.enabled:
+        if not self.policy.enabled and self.forced is Forced.NONE:
             return
         self._end()
 
     def trip(self, reason: str, *, for_seconds: float | None = None) -> None:
         """Force the breaker open for `for_seconds` (default open_duration_sec), e.g. for a sink's
         Retry-After. If it is open already the open period is extended to at least that long, never
-        shortened. No effect when the breaker is disabled."""
-        if not self.policy.enabled:
+        shortened. No effect when the breaker is disabled or forced by an admin."""
+        if not self.policy.enabled or self.forced is not Forced.NONE:
             return
         if for_seconds is None or math.isnan(for_seconds):
             duration = self.policy.open_duration_sec
@@ -196,6 +225,35 @@ class CircuitBreaker:
             finally:
                 self._waiters.discard(waiter)
 
+    # -- admin ---------------------------------------------------------------------------------------
+
+    def force(self, forced: Forced, reason: str) -> None:
+        """Hold the breaker open or closed until reset() (Forced.NONE is reset())."""
+        if forced is Forced.NONE:
+            self.reset(reason)
+            return
+        old = self.state
+        self.forced = forced
+        if forced is Forced.OPEN and old is not BreakerState.OPEN:
+            self.open_count += 1
+        self._report(old, self.state, reason, always=False)
+
+    def reset(self, reason: str) -> None:
+        """End any override and close the breaker with its failure counts cleared."""
+        old = self.state
+        self.forced = Forced.NONE
+        self._forget()
+        self._state = BreakerState.CLOSED
+        self._report(old, BreakerState.CLOSED, reason, always=False)
+
+    def _report(self, old: BreakerState, new: BreakerState, reason: str, *, always: bool = True) -> None:
+        self._notify()
+        if (always or new is not old) and self._on_transition is not None:
+            try:
+                self._on_transition(self.name, old, new, reason)
+            except Exception:  # a broken log/metric hook must not break delivery
+                log.exception("circuit breaker transition hook failed", sink=self.name, old=old.value, new=new.value)
+
     # -- introspection -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, object]:
@@ -218,6 +276,7 @@ class CircuitBreaker:
             "opened_at_age_sec": None if self._opened_at is None else max(0.0, now - self._opened_at),
             "seconds_until_half_open": max(0.0, self._open_until - now) if state is BreakerState.OPEN else 0.0,
             "open_count": self.open_count,
+            "forced": self.forced.name.lower(),
         }
 
     def __repr__(self) -> str:
@@ -274,6 +333,11 @@ class CircuitBreaker:
         self._move(BreakerState.OPEN, reason)
 
     def _close(self, reason: str) -> None:
+        self._forget()
+        self._move(BreakerState.CLOSED, reason)
+
+    def _forget(self) -> None:
+        """Clear the open period and the failure counts (closing)."""
         self._opened_at = None
         self._open_until = 0.0
         self._consecutive_failures = 0
@@ -282,17 +346,11 @@ class CircuitBreaker:
         self._half_open_successes = 0
         self._others += self._probes  # probes still out now count as ordinary requests
         self._probes = 0
-        self._move(BreakerState.CLOSED, reason)
 
     def _move(self, new: BreakerState, reason: str) -> None:
         old = self._state
         self._state = new
-        self._notify()
-        if self._on_transition is not None:
-            try:
-                self._on_transition(self.name, old, new, reason)
-            except Exception:  # a broken log/metric hook must not break delivery
-                log.exception("circuit breaker transition hook failed", sink=self.name, old=old.value, new=new.value)
+        self._report(old, new, reason)
 
     def _notify(self) -> None:
         """Wake every wait_until_allowed(); each checks again whether it may go."""

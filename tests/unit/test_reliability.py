@@ -492,6 +492,7 @@ def test_snapshot_fields() -> None:
         "opened_at_age_sec": None,
         "seconds_until_half_open": 0.0,
         "open_count": 0,
+        "forced": "none",
     }
     fail(cb, 3)
     clock.advance(10)
