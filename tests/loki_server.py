@@ -446,6 +446,7 @@ class LokiServer:
     max_body_bytes: int | None = None  # decompressed; larger -> 413
     auth_enabled: bool = False  # require X-Scope-OrgID (401 "no org id" without)
     required_authorization: str | None = None  # exact Authorization header required (else 401)
+    ready: bool = True  # GET /ready: 200 "ready", else 503 like a Loki whose ingester is not ready
     clock: Any = time.time
 
     def __post_init__(self) -> None:
@@ -554,7 +555,9 @@ class LokiServer:
         headers: dict[str, str] = {}
         forced: Forced | None = None
         if method == "GET" and path == "/ready":
-            status, text = 200, "ready"
+            status, text = (
+                (200, "ready") if self.ready else (503, "Ingester not ready: waiting for 15s after being ready")
+            )
         elif method == "POST" and path == PUSH_PATH:
             with self.lock:
                 forced = self.forced.pop(0) if self.forced else None

@@ -363,6 +363,21 @@ async def test_open_does_not_fail_on_a_404_ready_and_sends_tenant_and_auth(serve
     assert server.tenants() == {"t1"}
 
 
+async def test_health_asks_lokis_ready_endpoint() -> None:
+    with loki_server() as server:
+        sink = LokiSink(settings(server.url))
+        await sink.open()
+        try:
+            assert (await sink.health())["ok"] is True
+            assert server.requests[-1].path == "/ready"
+            server.ready = False
+            report = await sink.health()
+            assert report["ok"] is False and "not ready" in report["error"]
+        finally:
+            await sink.close()
+    assert (await sink.health())["ok"] is False
+
+
 # --------------------------------------------------------------------------------------------------
 # The test server follows Loki's rules for duplicates, order and partial accepts
 

@@ -40,7 +40,7 @@ import httpx
 import structlog
 
 from pipeline.redact import Redactor, current
-from pipeline.sinks.base import FatalSinkError, Sink, SinkRecord, SinkUnavailable
+from pipeline.sinks.base import FatalSinkError, Sink, SinkError, SinkRecord, SinkUnavailable
 from pipeline.sinks.httpx_errors import close_quietly, excerpt, raise_for_status, retry_after, transport_errors
 from pipeline.sinks.loki.config import LokiSinkSettings
 from pipeline.sinks.loki.push import (
@@ -149,9 +149,18 @@ class LokiSink(Sink):
         await close_quietly(client, self.name)
 
     async def health(self) -> dict[str, Any]:
+        """Loki's own GET /ready, as at open: unreachable or 503 is not ok."""
+        client = self._client
+        error: str | None = None if client is not None else "not open"
+        if client is not None:
+            try:
+                await self._check_ready(client)
+            except SinkError as exc:
+                error = str(exc)
         return {
             "sink": self.name,
-            "ok": self._client is not None,
+            "ok": error is None,
+            **({"error": error} if error is not None else {}),
             "max_streams": self.settings.max_streams,
             "bucketed_events": self.labeler.bucketed_events,
             "pushes": self.pushes,
