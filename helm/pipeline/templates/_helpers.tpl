@@ -74,10 +74,10 @@ topics.yaml: |
   configMap:
     name: {{ .configMap }}
 {{- range $secretName, $keys := .secrets }}
-- name: {{ printf "secret-%s" $secretName | trunc 63 | trimSuffix "-" }}
+- name: {{ printf "secret-%s" $secretName | replace "." "-" | trunc 63 | trimSuffix "-" }}
   secret:
     secretName: {{ $secretName }}
-    defaultMode: 0400
+    defaultMode: 0440
     items:
 {{- range $keys }}
       - key: {{ . }}
@@ -91,7 +91,7 @@ topics.yaml: |
   mountPath: /etc/pipeline/config
   readOnly: true
 {{- range $secretName, $keys := .secrets }}
-- name: {{ printf "secret-%s" $secretName | trunc 63 | trimSuffix "-" }}
+- name: {{ printf "secret-%s" $secretName | replace "." "-" | trunc 63 | trimSuffix "-" }}
   mountPath: {{ printf "/etc/pipeline/secrets/%s" $secretName }}
   readOnly: true
 {{- end }}
