@@ -112,9 +112,26 @@ def test_ports_volumes_and_read_only_workers(compose: dict[str, Any]) -> None:
         (volume,) = service["volumes"]
         assert volume == f"{worker}-data:{image_env[_GLOBAL_ENV['data_dir']]}", "RocksDB on a volume per worker"
     prometheus = " ".join(services["prometheus"]["volumes"])
-    assert "deploy/prometheus/prometheus.yml" in prometheus and "deploy/prometheus/alerts.yml" in prometheus
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml" in prometheus
     grafana = " ".join(services["grafana"]["volumes"])
-    assert "deploy/grafana/provisioning" in grafana and "deploy/grafana/dashboards" in grafana
+    assert "deploy/grafana/provisioning/dashboards" in grafana and "deploy/grafana/dashboards" in grafana
+
+
+def test_prometheus_scrapes_every_worker_and_loads_the_rules_grafana_gets_both_sources(
+    compose: dict[str, Any],
+) -> None:
+    services = _services(compose)
+    mounts = dict(str(v).split(":")[:2][::-1] for v in services["prometheus"]["volumes"] if str(v).startswith("."))
+    config = YAML(typ="safe").load((REPO / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    (job,) = config["scrape_configs"]
+    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    port = parse_dockerfile().final.env()[_GLOBAL_ENV["web_port"]]
+    assert sorted(targets) == [f"{worker}:{port}" for worker in WORKERS]
+    grafana = dict(str(v).split(":")[:2][::-1] for v in services["grafana"]["volumes"] if str(v).startswith("."))
+    sources = YAML(typ="safe").load((REPO / grafana["/etc/grafana/provisioning/datasources/pipeline.yml"]).read_text())
+    urls = {s["type"]: s["url"] for s in sources["datasources"]}
+    assert urls == {"prometheus": "http://prometheus:9090", "loki": "http://loki:3100"}
 
 
 def _compose_cli() -> bool:
