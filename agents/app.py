@@ -40,19 +40,6 @@ class Pipeline:
         return self.topics[spec.name]
 
 
-def _credentials(settings: Settings) -> Any:
-    kafka = settings.kafka
-    if kafka.sasl_mechanism:
-        return faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            ssl_context=kafka.ssl_context(),
-            mechanism=kafka.sasl_mechanism,
-        )
-    context = kafka.ssl_context()
-    return faust.SSLCredentials(context) if context is not None else None
-
-
 def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
     from agents import dedupe, deliver, ingest, watchdog
     from agents.consumer import GaplessConsumer
@@ -61,7 +48,7 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka.servers],
-        broker_credentials=_credentials(settings),
+        broker_credentials=settings.kafka.faust_credentials(),
         broker_client_id=settings.kafka.client_id,
         store="rocksdb://",
         datadir=str(settings.data_dir),
@@ -83,6 +70,8 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         broker_commit_interval=1.0,
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka.heartbeat_interval_ms / 1000,
+        # Static membership (KIP-345): a worker that restarts within the session timeout keeps its partitions.
+        consumer_group_instance_id=settings.kafka.member_instance_id("app"),
         # Acks are manual (after the write or the produce acknowledgement); waiting for "empty" streams
         # at shutdown or rebalance would wait on a sink that may be down. Unacked events are redelivered.
         stream_wait_empty=False,

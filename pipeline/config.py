@@ -48,7 +48,21 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
+    sasl_password_file: Path | None = Field(
+        None, description="a mounted file holding the SASL password (instead of sasl_password); read at each start"
+    )
+    ssl_cafile: Path | None = Field(None, description="PEM CA bundle that signed the brokers' certificates")
+    ssl_certfile: Path | None = Field(None, description="PEM client certificate (chain) for mutual TLS")
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile (if not inside it)")
+    ssl_key_password: SecretStr | None = None
+    ssl_key_password_file: Path | None = None
+    ssl_check_hostname: bool = Field(True, description="verify the broker's certificate names its host")
+    group_instance_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="static group membership (KIP-345): a stable id per worker, e.g. the StatefulSet pod name, "
+        "so a restart within session_timeout_ms does not rebalance",
+    )
     # Kafka's default group.min.session.timeout.ms and group.max.session.timeout.ms: outside them the broker
     # refuses the consumer's join.
     session_timeout_ms: int = Field(
@@ -79,29 +93,116 @@ class KafkaSettings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl and not self.sasl_mechanism:
+            raise ValueError(
+                f"kafka.security_protocol is {self.security_protocol}: set kafka.sasl_mechanism "
+                "(KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+            )
+        if self.sasl_mechanism and not sasl:
+            raise ValueError(
+                f"kafka.sasl_mechanism is set but kafka.security_protocol is {self.security_protocol}: "
+                "use SASL_SSL (or SASL_PLAINTEXT on a trusted network)"
+            )
+        if sasl and not self.sasl_username:
+            raise ValueError("kafka.sasl_username (KAFKA_SASL_USERNAME) is required with SASL")
+        for secret, file in (("sasl_password", "sasl_password_file"), ("ssl_key_password", "ssl_key_password_file")):
+            if getattr(self, secret) is not None and getattr(self, file) is not None:
+                raise ValueError(f"set kafka.{secret} or kafka.{file}, not both")
+        if sasl and self.sasl_password is None and self.sasl_password_file is None:
+            raise ValueError(
+                "kafka.sasl_password (KAFKA_SASL_PASSWORD) or kafka.sasl_password_file (KAFKA_SASL_PASSWORD_FILE) "
+                "is required with SASL"
+            )
+        tls_files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password", "ssl_key_password_file")
+        stray = [name for name in tls_files if getattr(self, name) is not None]
+        if stray and not tls:
+            raise ValueError(
+                f"kafka.{stray[0]} is set but kafka.security_protocol is {self.security_protocol}, which does not "
+                "use TLS: use SSL or SASL_SSL"
+            )
+        if (self.ssl_keyfile or self.ssl_key_password or self.ssl_key_password_file) and not self.ssl_certfile:
+            raise ValueError("kafka.ssl_keyfile and its password need kafka.ssl_certfile (the client certificate)")
+        for name in ("sasl_password_file", "ssl_key_password_file", *tls_files[:3]):
+            path = getattr(self, name)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"kafka.{name}: cannot read {path}")
+        return self
+
     @property
     def servers(self) -> list[str]:
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
 
+    def sasl_password_value(self) -> str | None:
+        """The SASL password: the value, or the mounted file's content without its trailing newline."""
+        return _secret_value(self.sasl_password, self.sasl_password_file, "sasl_password_file")
+
     def ssl_context(self) -> ssl.SSLContext | None:
-        if self.security_protocol not in ("SSL", "SASL_SSL"):
+        """The TLS context for SSL and SASL_SSL: CA bundle (system CAs when unset), optional client
+        certificate for mutual TLS, hostname check. None for the plain-text protocols."""
+        if not self.security_protocol.endswith("SSL"):
             return None
-        return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile is not None:
+            context.load_cert_chain(
+                str(self.ssl_certfile),
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+                password=_secret_value(self.ssl_key_password, self.ssl_key_password_file, "ssl_key_password_file"),
+            )
+        return context
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Security keyword arguments shared by aiokafka's producer, consumer and admin client."""
+        """The security keyword arguments of every Kafka client the pipeline opens (aiokafka's producer,
+        consumer and admin client; the Faust app through `faust_credentials`): the one place where the
+        protocol, SASL credentials and TLS settings are applied."""
         kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
             kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+            kwargs["sasl_plain_password"] = self.sasl_password_value()
         context = self.ssl_context()
         if context is not None:
             kwargs["ssl_context"] = context
         return kwargs
 
+    def faust_credentials(self) -> Any:
+        """`client_kwargs` as Faust's broker_credentials (None for PLAINTEXT)."""
+        import faust
+
+        kwargs = self.client_kwargs()
+        if "sasl_mechanism" in kwargs:
+            return faust.SASLCredentials(
+                username=kwargs["sasl_plain_username"],
+                password=kwargs["sasl_plain_password"],
+                ssl_context=kwargs.get("ssl_context"),
+                mechanism=kwargs["sasl_mechanism"],
+            )
+        return faust.SSLCredentials(kwargs["ssl_context"]) if "ssl_context" in kwargs else None
+
     def admin_kwargs(self) -> dict[str, Any]:
         return {"client_id": f"{self.client_id}-admin", **self.client_kwargs()}
+
+    def member_instance_id(self, role: str) -> str | None:
+        """The static group member id of one of this worker's consumer groups (None without
+        group_instance_id): the Faust app's is group_instance_id itself, a delivery group's adds its role."""
+        if self.group_instance_id is None:
+            return None
+        return self.group_instance_id if role == "app" else f"{self.group_instance_id}-{role}"
+
+
+def _secret_value(value: SecretStr | None, file: Path | None, name: str) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if file is None:
+        return None
+    try:
+        return file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"kafka.{name}: cannot read {file}: {exc.strerror}") from None
 
 
 class Settings(BaseSettings):

@@ -550,7 +550,13 @@ def test_diff_refuses_to_create_changelog_next_to_drifted_by_hash() -> None:
 
 
 def _fake_settings(monkeypatch: pytest.MonkeyPatch, vars: TopicVars, bootstrap: str) -> None:
-    kafka = types.SimpleNamespace(bootstrap_servers=bootstrap, admin_kwargs=lambda: {"request_timeout_ms": 5000})
+    kafka = types.SimpleNamespace(
+        bootstrap_servers=bootstrap,
+        servers=[bootstrap],
+        client_id="pipeline",
+        admin_kwargs=lambda: {"request_timeout_ms": 5000},
+        client_kwargs=lambda: {},  # what pipeline.kafka_access's check connects with
+    )
     settings = types.SimpleNamespace(topic_vars=lambda: vars, kafka=kafka, topics_file=None)
     module = types.ModuleType("pipeline.config")
     module.load_settings_with_provenance = lambda config=None: (  # type: ignore[attr-defined]

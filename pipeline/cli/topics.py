@@ -13,6 +13,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from pipeline.config import KafkaSettings
+from pipeline.kafka_access import KafkaAccessError, check_kafka_access
 from pipeline.redact import Redactor, install, redact
 from pipeline.topics import (
     TopicCatalog,
@@ -60,7 +62,7 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, str, dict[str, Any]]:
+def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, KafkaSettings, dict[str, Any]]:
     """Load the settings and the topics file; exits with 1 on any problem."""
     # aiokafka logs connection failures itself; the command reports them as one line instead.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -72,7 +74,7 @@ def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, str,
         for warning in provenance.warnings:
             typer.echo(f"warning: config: {warning}", err=True)
         topic_vars = settings.topic_vars()
-        bootstrap = settings.kafka.bootstrap_servers
+        kafka = settings.kafka
         admin_kwargs = dict(settings.kafka.admin_kwargs())
     except Exception as exc:
         _fail(f"config: {_one_line(exc)}")
@@ -81,14 +83,22 @@ def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, str,
         catalog = load_topics(path, topic_vars)
     except TopicsFileError as exc:
         _fail(str(exc))
-    return catalog, bootstrap, admin_kwargs
+    return catalog, kafka, admin_kwargs
 
 
 def _run(apply: bool, file: Path | None, config: Path | None) -> None:
-    catalog, bootstrap, admin_kwargs = _prepare(file, config)
+    catalog, kafka, admin_kwargs = _prepare(file, config)
+    bootstrap = kafka.bootstrap_servers
     operation = apply_topics if apply else plan_topics
+
+    async def checked() -> TopicPlan:
+        await check_kafka_access(kafka)
+        return await operation(catalog, bootstrap, **admin_kwargs)
+
     try:
-        result: TopicPlan = asyncio.run(operation(catalog, bootstrap, **admin_kwargs))
+        result: TopicPlan = asyncio.run(checked())
+    except KafkaAccessError as exc:
+        _fail(str(exc))
     except TopicsBrokerError as exc:
         if exc.unreachable:
             _fail(f"cannot reach Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS): {exc.reason}")

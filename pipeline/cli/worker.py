@@ -9,6 +9,7 @@ import structlog
 
 from pipeline.cli.common import EX_CONFIG, ConfigOption, fail, settings_or_exit
 from pipeline.config import ConfigError
+from pipeline.kafka_access import KafkaAccessError, check_kafka_access
 from pipeline.limits import check_limits
 from pipeline.logging import configure_logging, logging_dict_config
 from pipeline.topics import TopicsError, apply_topics, load_topics
@@ -38,6 +39,10 @@ def worker(config: Path | None = ConfigOption) -> None:
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(check_kafka_access(settings.kafka))
+    except KafkaAccessError as exc:
+        fail(str(exc), EX_CONFIG)
     if settings.topics_auto_apply:
         try:
             plan = loop.run_until_complete(

@@ -128,6 +128,7 @@ class SinkRunner:
             max_poll_interval_ms=300_000,
             session_timeout_ms=self.kafka.session_timeout_ms,
             heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
+            group_instance_id=self.kafka.member_instance_id(f"deliver-{self.name}"),
             **self.kafka.client_kwargs(),
         )
         consumer.subscribe([self.main_topic, *self.tier_topics], listener=_Listener(self))

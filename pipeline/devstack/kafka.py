@@ -29,7 +29,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ __all__ = [
     "DevstackError",
     "KafkaBroker",
     "KafkaStatus",
+    "SaslSslListener",
     "cache_root",
     "default_kafka_state_dir",
     "docker_engine_available",
@@ -386,6 +387,55 @@ def _kafka_uuid() -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A SASL_SSL listener next to the PLAINTEXT one, as managed Kafka services run them.
+
+    ``keystore_pem`` holds the broker's private key (PKCS#8, unencrypted) and certificate chain; every
+    user in ``users`` (name -> password) can log in with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (the
+    SCRAM credentials are created when the storage is formatted, with the broker's own
+    ``StorageTool format --add-scram``). With ``client_ca_pem`` the listener also requires a client
+    certificate signed by that CA (mutual TLS). The PLAINTEXT listener stays for the inter-broker
+    traffic and for test set-up.
+    """
+
+    keystore_pem: Path
+    users: Mapping[str, str]
+    client_ca_pem: Path | None = None
+    port: int | None = None
+
+    def properties(self) -> dict[str, str]:
+        prefix = "listener.name.sasl_ssl."
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+        props = {
+            f"{prefix}sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+            f"{prefix}plain.sasl.jaas.config": f"org.apache.kafka.common.security.plain.PlainLoginModule "
+            f"required {plain_users};",
+            f"{prefix}scram-sha-256.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule "
+            "required;",
+            f"{prefix}scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule "
+            "required;",
+            f"{prefix}ssl.keystore.type": "PEM",
+            f"{prefix}ssl.keystore.location": str(self.keystore_pem),
+        }
+        if self.client_ca_pem is not None:
+            props[f"{prefix}ssl.truststore.type"] = "PEM"
+            props[f"{prefix}ssl.truststore.location"] = str(self.client_ca_pem)
+            props[f"{prefix}ssl.client.auth"] = "required"
+        return props
+
+    def scram_arguments(self) -> list[str]:
+        """``--add-scram`` arguments of ``StorageTool format`` for every user and SCRAM mechanism."""
+        args: list[str] = []
+        for name, password in self.users.items():
+            for mechanism in SASL_MECHANISMS[1:]:
+                args += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
+        return args
+
+
 class KafkaBroker:
     """One single-node KRaft broker+controller process on 127.0.0.1.
 
@@ -401,6 +451,7 @@ class KafkaBroker:
         port: int | None = None,
         controller_port: int | None = None,
         heap: str = "512m",
+        sasl_ssl: SaslSslListener | None = None,
     ) -> None:
         self.version = resolve_kafka_version(version)
         self.state_dir = Path(state_dir).expanduser().absolute()
@@ -409,6 +460,12 @@ class KafkaBroker:
         while self.controller_port == self.port:
             self.controller_port = free_port()
         self.heap = heap
+        self.sasl_ssl = sasl_ssl
+        self.sasl_ssl_port: int | None = None
+        if sasl_ssl is not None:
+            self.sasl_ssl_port = sasl_ssl.port or free_port()
+            while self.sasl_ssl_port in (self.port, self.controller_port):
+                self.sasl_ssl_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None  # when the broker is our child
         self._daemon_pid: int | None = None  # when it was started detached
 
@@ -416,6 +473,13 @@ class KafkaBroker:
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The SASL_SSL listener's address (only with ``sasl_ssl``)."""
+        if self.sasl_ssl_port is None:
+            raise DevstackError("this broker has no SASL_SSL listener")
+        return f"{HOST}:{self.sasl_ssl_port}"
 
     @property
     def log_file(self) -> Path:
@@ -455,8 +519,8 @@ class KafkaBroker:
             return self.bootstrap
         deadline = time.monotonic() + timeout
         lib = self.ensure_jars()
-        for port in (self.port, self.controller_port):
-            if not port_is_free(port):
+        for port in (self.port, self.controller_port, self.sasl_ssl_port):
+            if port is not None and not port_is_free(port):
                 raise DevstackError(f"cannot start Kafka: port {HOST}:{port} is already in use")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log_opt = self._write_config()
@@ -533,6 +597,12 @@ class KafkaBroker:
             "auto.create.topics.enable": "false",
             "log.retention.check.interval.ms": "10000",
         }
+        if self.sasl_ssl is not None and self.sasl_ssl_port is not None:
+            listener = f"SASL_SSL://{HOST}:{self.sasl_ssl_port}"
+            props["listeners"] += f",{listener}"
+            props["advertised.listeners"] += f",{listener}"
+            props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+            props.update(self.sasl_ssl.properties())
         if _major(self.version) >= 4:
             props["share.coordinator.state.topic.replication.factor"] = "1"
             props["share.coordinator.state.topic.min.isr"] = "1"
@@ -594,6 +664,8 @@ class KafkaBroker:
             id_file.write_text(cluster_id + "\n")
         cmd = [java, log_opt, "-cp", classpath, "kafka.tools.StorageTool", "format"]
         cmd += ["-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted"]
+        if self.sasl_ssl is not None:
+            cmd += self.sasl_ssl.scram_arguments()
         proc = subprocess.run(cmd, cwd=self.state_dir, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             raise DevstackError(

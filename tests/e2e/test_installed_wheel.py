@@ -2,6 +2,10 @@
 directory with only documented env variables (no TOPICS_FILE, no repo on the path). `topics apply`,
 `worker` and `publish` must work and the events must land in PostgreSQL.
 
+The wheel is the one the container image installs: built with `pip wheel` from the Docker build context
+(the repo filtered by .dockerignore, tests/docker_build.py), and the worker runs as in the image, with the
+image's ENV and PIPELINE_DATA_DIR as the only place it writes (the image's root filesystem is read-only).
+
 The virtualenv gets the wheel (without dependencies) and sees the dependencies through a .pth line naming
 the project's site-packages: site does not process .pth files of a directory added that way, so the
 editable install of the repo there stays inactive. The test checks that `pipeline` and `agents` are
@@ -11,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.docker_build import copy_context, parse_dockerfile
 from tests.e2e.events_gen import event
-from tests.support import REPO, count_rows, poll
+from tests.support import count_rows, poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 EVENTS = 20
-_NOT_SOURCE = (".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".data", ".*_cache", ".hypothesis")
 
 
 def _run(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 180) -> str:
@@ -41,9 +44,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv holding the wheel built from this checkout; returns its bin directory."""
     root = tmp_path_factory.mktemp("wheel")
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TOPICS_FILE", "PIPELINE_CONFIG")}
-    # Build from a copy: an in-tree build reuses build/lib, which can hold files the checkout no longer has.
-    source = root / "src"
-    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
+    # Build from a copy of what `docker build` sends (an in-tree build would also reuse build/lib, which can
+    # hold files the checkout no longer has).
+    source = copy_context(root / "src")
     _run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(source)],
         env=clean,
@@ -94,9 +97,13 @@ async def test_installed_wheel_applies_topics_runs_the_worker_and_publishes(
     installed: Path, empty_dir: Path, tmp_path: Path, kafka_bootstrap: str, postgres_dsn: str, unique_id: str
 ) -> None:
     table = f"events_{unique_id}"
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir()
     env = {
+        **parse_dockerfile().final.env(),  # as in the image: PYTHONDONTWRITEBYTECODE, LOG_FORMAT, ...
         "PATH": f"{installed}:/usr/bin:/bin",
-        "HOME": str(tmp_path),
+        "HOME": str(home),
+        "PIPELINE_DATA_DIR": str(data),  # the image's volume: the only place the worker may write
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "PIPELINE_APP_ID": f"t{unique_id}",
         "INGEST_TOPIC": f"t{unique_id}.events.ingest",
@@ -123,6 +130,9 @@ async def test_installed_wheel_applies_topics_runs_the_worker_and_publishes(
             return await count_rows(postgres_dsn, table)
 
         await poll(rows, lambda n: n == EVENTS, timeout=120, what=f"{EVENTS} rows in {table}")
+        assert list(data.iterdir()), "the RocksDB tables live in PIPELINE_DATA_DIR"
+        written = [p for d in (empty_dir, home) for p in d.rglob("*")]
+        assert not written, f"written outside PIPELINE_DATA_DIR (read-only in the image): {written}"
     finally:
         worker.terminate()
         try:
