@@ -140,6 +140,14 @@ class KafkaSettings(BaseModel):
         """The SASL password: the value, or the mounted file's content without its trailing newline."""
         return _secret_value(self.sasl_password, self.sasl_password_file, "sasl_password_file")
 
+    def file_secrets(self) -> list[str]:
+        """Secrets read from mounted files (not in the model, so the redactor is told of them)."""
+        found = [
+            _secret_value(None, self.sasl_password_file, "sasl_password_file"),
+            _secret_value(None, self.ssl_key_password_file, "ssl_key_password_file"),
+        ]
+        return [value for value in found if value]
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for SSL and SASL_SSL: CA bundle (system CAs when unset), optional client
         certificate for mutual TLS, hostname check. None for the plain-text protocols."""

@@ -31,7 +31,7 @@ def settings_or_exit(config: Path | None, *, echo_warnings: bool = True) -> tupl
         settings, provenance = load_settings_with_provenance(config)
     except ConfigError as exc:
         fail(f"config: {exc}", EX_CONFIG)
-    install(Redactor.from_models(settings))
+    install(Redactor.from_models(settings, secrets=settings.kafka.file_secrets()))
     if echo_warnings:
         for warning in provenance.warnings:
             typer.echo(f"warning: config: {warning}", err=True)

@@ -70,7 +70,7 @@ def _prepare(file: Path | None, config: Path | None) -> tuple[TopicCatalog, Kafk
         from pipeline.config import load_settings_with_provenance
 
         settings, provenance = load_settings_with_provenance(config)
-        install(Redactor.from_models(settings))
+        install(Redactor.from_models(settings, secrets=settings.kafka.file_secrets()))
         for warning in provenance.warnings:
             typer.echo(f"warning: config: {warning}", err=True)
         topic_vars = settings.topic_vars()

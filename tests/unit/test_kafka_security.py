@@ -112,3 +112,17 @@ def test_settings_that_cannot_connect_are_refused_at_load(env: dict[str, str], m
         load_settings(environ=env)
     assert message in str(err.value)
     assert "KAFKA_SASL_PASSWORD=" not in str(err.value)
+
+
+def test_a_password_read_from_a_file_is_redacted_like_any_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.cli.common import settings_or_exit
+    from pipeline.redact import current
+
+    secret = tmp_path / "password"
+    secret.write_text("s3cr3t-from-a-mounted-file\n")
+    for name, value in {**SCRAM, "KAFKA_SASL_PASSWORD_FILE": str(secret), "PIPELINE_CONFIG": ""}.items():
+        monkeypatch.setenv(name, value)
+    settings_or_exit(None)
+    assert "s3cr3t-from-a-mounted-file" not in current()("SASL login failed for s3cr3t-from-a-mounted-file")
