@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     strict_config: bool = Field(False, description="an env variable with a sink's prefix that is no setting fails")
+    dlq_replay_max: int = Field(
+        3, ge=0, le=1000, description="times `dlq replay` replays one event; past it the event is parked"
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
 
@@ -234,6 +237,7 @@ _GLOBAL_ENV: dict[str, str] = {
     "web_host": "WEB_HOST",
     "web_port": "WEB_PORT",
     "strict_config": "STRICT_CONFIG",
+    "dlq_replay_max": "DLQ_REPLAY_MAX",
 }
 _GLOBAL_ENV.update({f"kafka.{name}": f"KAFKA_{name.upper()}" for name in KafkaSettings.model_fields})
 
