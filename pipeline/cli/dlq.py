@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from aiokafka.errors import KafkaError
 
-from pipeline.cli.common import ConfigOption, fail, settings_or_exit, stdout_is_terminal
+from pipeline.cli.common import fail, settings_or_exit, stdout_is_terminal
 from pipeline.config import Settings
 from pipeline.dlq import codec
 from pipeline.dlq.errors import DlqError, NotConfirmed
@@ -47,7 +47,9 @@ UntilOption = Annotated[str | None, typer.Option("--until", help="Dead-lettered 
 KeyOption = Annotated[str | None, typer.Option("--key", help="The record key, exact.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON (lines) instead of text.")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask; needed without a terminal.")]
-Config = Annotated[Path | None, ConfigOption]
+Config = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (default: $PIPELINE_CONFIG).", show_default=False)
+]
 
 
 def _run(make: Coroutine[Any, Any, T]) -> T:
