@@ -162,9 +162,7 @@ async def delete_records(bootstrap: str, before: Mapping[TopicPartition, int]) -
         await admin.close()
 
 
-async def read_topic(
-    bootstrap: str, topic: str, timeout: float = 30, *, committed_only: bool = False
-) -> list[Record]:
+async def read_topic(bootstrap: str, topic: str, timeout: float = 30, *, committed_only: bool = False) -> list[Record]:
     """Every record in the topic, from the beginning up to the end offsets seen at the start
     (`committed_only`: as a read_committed consumer sees them, up to the last stable offsets)."""
     consumer = AIOKafkaConsumer(

@@ -25,8 +25,10 @@ from pipeline.dlq.errors import DlqError, NotConfirmed
 from pipeline.dlq.filters import Filter
 from pipeline.dlq.inspect import inspect as inspect_dlq
 from pipeline.dlq.inspect import pretty
-from pipeline.dlq.purge import PurgePlan, plan_purge, purge as purge_dlq
-from pipeline.dlq.replay import ReplayRequest, ReplaySummary, replay as replay_dlq
+from pipeline.dlq.purge import PurgePlan, plan_purge
+from pipeline.dlq.purge import purge as purge_dlq
+from pipeline.dlq.replay import ReplayRequest, ReplaySummary
+from pipeline.dlq.replay import replay as replay_dlq
 from pipeline.dlq.stats import dlq_stats
 from pipeline.dlq.timeparse import parse_time
 from pipeline.dlq.transfer import export_dlq, import_dlq
@@ -48,7 +50,8 @@ KeyOption = Annotated[str | None, typer.Option("--key", help="The record key, ex
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON (lines) instead of text.")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask; needed without a terminal.")]
 Config = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (default: $PIPELINE_CONFIG).", show_default=False)
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (default: $PIPELINE_CONFIG).", show_default=False),
 ]
 
 
@@ -138,8 +141,7 @@ def _progress(summary: ReplaySummary) -> None:
     width = 30
     bar = "#" * (width * done // total)
     sys.stderr.write(
-        f"\r[{bar:<{width}}] {done}/{total} re-sent {summary.resent} parked {summary.parked} "
-        f"skipped {summary.skipped}"
+        f"\r[{bar:<{width}}] {done}/{total} re-sent {summary.resent} parked {summary.parked} skipped {summary.skipped}"
     )
     sys.stderr.flush()
 
@@ -147,8 +149,10 @@ def _progress(summary: ReplaySummary) -> None:
 def _summary_lines(summary: ReplaySummary, dry_run: bool) -> list[str]:
     if dry_run:
         resend = len(summary.planned) - summary.would_park
-        lines = [f"dry run: {len(summary.planned)} matched in {summary.dlq}; would re-send {resend} to "
-                 f"{summary.destination}, park {summary.would_park}; nothing changed"]
+        lines = [
+            f"dry run: {len(summary.planned)} matched in {summary.dlq}; would re-send {resend} to "
+            f"{summary.destination}, park {summary.would_park}; nothing changed"
+        ]
         if summary.would_park:
             lines.append(f"  would park {summary.would_park}: {summary.parked_why}, to {summary.parked_topic}")
         return lines
@@ -171,9 +175,7 @@ def replay(
     key: KeyOption = None,
     rate: Annotated[float | None, typer.Option("--rate", min=0.001, help="At most N events per second.")] = None,
     limit: LimitOption = None,
-    to: Annotated[
-        str, typer.Option("--to", help="sink: the sink's topic; retry: its first retry tier.")
-    ] = "sink",
+    to: Annotated[str, typer.Option("--to", help="sink: the sink's topic; retry: its first retry tier.")] = "sink",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be re-sent; change nothing.")] = False,
     yes: YesOption = False,
     json_out: JsonOption = False,

@@ -37,7 +37,8 @@ class DlqTarget:
         try:
             return self.destinations[to]
         except KeyError:
-            raise UnknownSink(f"{self.name}: no {to} topic to replay to (choose from {', '.join(self.destinations)})")
+            choices = ", ".join(self.destinations)
+            raise UnknownSink(f"{self.name}: no {to} topic to replay to (choose from {choices})") from None
 
 
 def replay_group(app_id: str, name: str) -> str:

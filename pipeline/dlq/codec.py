@@ -94,7 +94,7 @@ def decode(line: str) -> DeadLetter:
     return DeadLetter(
         topic=str(body.get("topic") or ""),
         partition=int(body.get("partition") or 0),
-        offset=int(body.get("offset") if body.get("offset") is not None else -1),
+        offset=int(body.get("offset", -1) or 0),
         timestamp_ms=timestamp,
         key=_bytes_in(body.get("key"), body.get("key_encoding"), "key"),
         value=_bytes_in(body.get("value"), body.get("value_encoding"), "value"),

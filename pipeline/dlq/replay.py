@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from pipeline import headers as h
 from pipeline.config import Settings
 from pipeline.dlq import access
-from pipeline.dlq.errors import MissingTopic, NothingMatched, NotConfirmed, ReplayFailed
+from pipeline.dlq.errors import MissingTopic, NotConfirmed, NothingMatched, ReplayFailed
 from pipeline.dlq.filters import Filter
 from pipeline.dlq.records import DeadLetter
 from pipeline.reliability.ratelimit import TokenBucket
@@ -71,7 +71,7 @@ FAILURE_HEADERS = frozenset(
 @dataclass(frozen=True)
 class ReplayRequest:
     sink: str
-    flt: Filter = Filter()
+    flt: Filter = field(default_factory=Filter)
     limit: int | None = None  # at most this many matching events
     to: access.Destination = "sink"
     rate: float | None = None  # events per second
@@ -116,9 +116,7 @@ class ReplaySummary:
 def replay_headers(record: DeadLetter, ingest: bool) -> list[tuple[str, bytes | None]]:
     """The record's headers for its re-send: the failure's dropped (for the ingest DLQ every header of the
     pipeline's namespace, which the ingest agent adds afresh), the replay count raised."""
-    kept = [
-        (k, v) for k, v in record.headers if k not in FAILURE_HEADERS and not (ingest and h.is_reserved(k))
-    ]
+    kept = [(k, v) for k, v in record.headers if k not in FAILURE_HEADERS and not (ingest and h.is_reserved(k))]
     return [*kept, (h.REPLAY_COUNT, h.text(record.replay_count + 1))]
 
 

@@ -7,10 +7,7 @@ re-sending nothing."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -21,7 +18,7 @@ from pipeline.dlq.errors import NothingMatched
 from pipeline.observability.lag import group_lag
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
-from tests.support import REPO, count_rows, fetch, poll, produce, read_topic, run_cli
+from tests.support import WorkerProcess, count_rows, fetch, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -49,8 +46,10 @@ async def test_replay_after_a_fix_delivers_every_event_once_even_when_killed_hal
         timeout=60,
         what="the sink's table",
     )
-    await fetch(stack.dsn, f'ALTER TABLE "{stack.table}" ADD CONSTRAINT small CHECK ((payload->>\'n\')::int < 0)')
-    await produce(stack.bootstrap, stack.ingest_topic, [(None, None, json.dumps(event(n)).encode(), []) for n in range(EVENTS)])
+    await fetch(stack.dsn, f"ALTER TABLE \"{stack.table}\" ADD CONSTRAINT small CHECK ((payload->>'n')::int < 0)")
+    await produce(
+        stack.bootstrap, stack.ingest_topic, [(None, None, json.dumps(event(n)).encode(), []) for n in range(EVENTS)]
+    )
     await poll(lambda: dlq_size(stack), lambda n: n == EVENTS, timeout=120, what="every event dead-lettered")
 
     # Replayed while the constraint still holds: each comes back to the DLQ with its replay count.
@@ -73,18 +72,16 @@ async def test_replay_after_a_fix_delivers_every_event_once_even_when_killed_hal
         records = await read_topic(stack.bootstrap, stack.sink_topic(), committed_only=True)
         return sum(1 for r in records if r.headers.get(h.REPLAY_COUNT) == b"2")
 
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", "dlq", "replay", "--sink", "tsdb", "--yes", "--rate", "5"],
-        env={**os.environ, **stack.env(DLQ_REPLAY_MAX="2")},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    killed = WorkerProcess(
+        stack.env(DLQ_REPLAY_MAX="2"),
+        stack.workdir / "replay",
+        name="replay",
+        module=("pipeline.cli.main", "dlq", "replay", "--sink", "tsdb", "--yes", "--rate", "5"),
+    ).start()
     try:
         await poll(replayed_twice, lambda n: n >= 5, timeout=60, what="part of the replay committed")
     finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(10)
+        killed.kill()
     partial = await replayed_twice()
     assert 5 <= partial < EVENTS
 

@@ -139,7 +139,11 @@ def test_an_ingest_dlq_event_is_replayed_with_its_producer_headers_only() -> Non
         )
     )
     assert failed.replay_count == 1
-    assert replay_headers(failed, ingest=True) == [("producer.pipeline.x", b"1"), ("trace", b"t1"), (h.REPLAY_COUNT, b"2")]
+    assert replay_headers(failed, ingest=True) == [
+        ("producer.pipeline.x", b"1"),
+        ("trace", b"t1"),
+        (h.REPLAY_COUNT, b"2"),
+    ]
 
 
 def test_a_parked_event_keeps_its_headers_and_says_why() -> None:
