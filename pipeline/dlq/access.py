@@ -7,10 +7,11 @@ dedupe table has seen those events already)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -93,6 +94,21 @@ def producer(kafka: KafkaSettings, catalog: TopicCatalog, transactional_id: str 
         linger_ms=5,
         **kafka.client_kwargs(),
     )
+
+
+async def send_copy(
+    producer: AIOKafkaProducer, topic: str, record: DeadLetter, partition: int | None
+) -> asyncio.Future[Any]:
+    """Send `record` unchanged (key, value, headers, timestamp) to `topic`; returns the delivery future."""
+    future: asyncio.Future[Any] = await producer.send(
+        topic,
+        key=record.key,
+        value=record.value,
+        headers=list(record.headers),
+        partition=partition,
+        timestamp_ms=record.timestamp_ms,
+    )
+    return future
 
 
 async def partitions(client: AIOKafkaConsumer, topics: Sequence[str]) -> dict[str, list[TopicPartition]]:

@@ -240,16 +240,7 @@ async def _commit(
             offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
             if not request.flt.matches(record):
                 counts["skipped"] += 1
-                futures.append(
-                    await producer.send(
-                        record.topic,
-                        key=record.key,
-                        value=record.value,
-                        headers=list(record.headers),
-                        partition=record.partition,
-                        timestamp_ms=record.timestamp_ms,
-                    )
-                )
+                futures.append(await access.send_copy(producer, record.topic, record, record.partition))
             elif record.replay_count >= summary.cap:
                 assert target.parked is not None
                 counts["parked"] += 1

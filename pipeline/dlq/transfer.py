@@ -44,14 +44,7 @@ async def import_dlq(settings: Settings, catalog: TopicCatalog, sink: str, lines
     await producer.start()
     try:
         futures = [
-            await producer.send(
-                target.dlq,
-                key=r.key,
-                value=r.value,
-                headers=list(r.headers),
-                timestamp_ms=r.timestamp_ms,
-                partition=r.partition if 0 <= r.partition < count else None,
-            )
+            await access.send_copy(producer, target.dlq, r, r.partition if 0 <= r.partition < count else None)
             for r in records
         ]
         await asyncio.gather(*futures)
