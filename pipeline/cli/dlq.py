@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from aiokafka.errors import KafkaError
 
-from pipeline.cli.common import fail, settings_or_exit, stdout_is_terminal
+from pipeline.cli.common import fail, settings_or_exit
 from pipeline.config import Settings
 from pipeline.dlq import codec
 from pipeline.dlq.errors import DlqError, NotConfirmed
@@ -132,7 +132,7 @@ def inspect(
     settings, catalog = _load(config)
     found = _run(inspect_dlq(settings, catalog, sink, flt, limit))
     for record in found:
-        typer.echo(codec.encode(record) if json_out or not stdout_is_terminal() else pretty(record) + "\n")
+        typer.echo(codec.encode(record) if json_out else pretty(record) + "\n")
 
 
 def _progress(summary: ReplaySummary) -> None:
@@ -216,7 +216,7 @@ def replay(
         sys.stderr.write("\n")
     if dry_run:
         for record, action in summary.planned:
-            line = codec.encode(record) if json_out or not stdout_is_terminal() else pretty(record)
+            line = codec.encode(record) if json_out else pretty(record)
             typer.echo(f"{action} {line}" if not json_out else line)
     if json_out:
         typer.echo(json.dumps(summary.as_dict()), err=dry_run)

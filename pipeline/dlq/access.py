@@ -137,22 +137,19 @@ class Span:
         return self.committed
 
     @property
-    def pending(self) -> int:
-        return max(0, self.end - self.committed)
-
-    @property
     def replayed(self) -> int:
         return max(0, self.committed - self.log_start)
 
 
-async def spans(client: AIOKafkaConsumer, topic: str, *, pending_only: bool = True) -> list[Span]:
-    """The partitions of `topic` from the replay group's offset (or the log start) to their end now."""
+async def spans(client: AIOKafkaConsumer, topic: str) -> list[Span]:
+    """The partitions of `topic` from the replay group's offset (the client's group; the log start when it
+    has none or it is below) to their end now."""
     tps = (await partitions(client, [topic]))[topic]
     starts = await client.beginning_offsets(tps)
     ends = await client.end_offsets(tps)
     result = []
     for tp in tps:
-        committed = (await client.committed(tp)) if pending_only and client._group_id else None
+        committed = await client.committed(tp)
         begin = max(starts[tp], committed or 0)
         result.append(Span(tp, starts[tp], min(begin, ends[tp]), ends[tp]))
     return result

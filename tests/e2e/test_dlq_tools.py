@@ -144,23 +144,30 @@ async def test_filters_dry_run_cap_export_purge_import_and_exit_codes(stack: Sta
         await replay_dlq(settings, catalog, ReplayRequest("tsdb", Filter(error_class="ClassA")))
     stats = [s.as_dict() for s in await dlq_stats(settings, catalog)]
     tsdb = next(s for s in stats if s["sink"] == "tsdb")
-    assert tsdb["pending"] == 6 and tsdb["by_class"] == {"ClassB": 6}
+    assert tsdb["pending"] == 6 and tsdb["replayed"] == 11 and tsdb["by_class"] == {"ClassB": 6}
     assert tsdb["by_reason"] == {"fatal": 4, "retries_exhausted": 2}
     assert next(s for s in stats if s["sink"] == "ingest")["pending"] == 0
+
+    # --to retry: the first retry tier, released at once (no due time), with a fresh retry budget.
+    to_retry = await replay_dlq(settings, catalog, ReplayRequest("tsdb", Filter(key="hash-11"), to="retry"))
+    assert (to_retry.resent, to_retry.destination) == (1, catalog.sink_retry("tsdb")[0].name)
+    tier = await read_topic(stack.bootstrap, to_retry.destination, committed_only=True)
+    assert [r.key for r in tier] == [b"hash-11"] and h.DUE_MS not in tier[0].headers
+    assert tier[0].headers[h.REPLAY_COUNT] == b"1"
 
     # export, purge --all, import: the same events and headers.
     out = tmp_path / "dlq.jsonl"
     exported = cli(stack, "export", "--sink", "tsdb", "--out", str(out))
     assert exported.returncode == 0, exported.stderr
     before = [comparable(line) for line in out.read_text().splitlines()]
-    assert len(before) == 6 and before[3]["key"] == "hash-5" and before[3]["value_encoding"] == "base64"
+    assert len(before) == 5 and before[2]["key"] == "hash-5" and before[2]["value_encoding"] == "base64"
     purged = cli(stack, "purge", "--sink", "tsdb", "--all", "--yes")
     assert purged.returncode == 0 and "removed" in purged.stdout, purged.stderr
     assert await read_topic(stack.bootstrap, dlq) == []
     with pytest.raises(NothingMatched):
         await inspect()
     imported = cli(stack, "import", "--sink", "tsdb", str(out))
-    assert imported.returncode == 0 and "imported 6" in imported.stdout, imported.stderr
+    assert imported.returncode == 0 and "imported 5" in imported.stdout, imported.stderr
     again = cli(stack, "export", "--sink", "tsdb", "--out", "-")
     assert [comparable(line) for line in again.stdout.splitlines()] == before
     assert [(k, v) for k, v in (await raw_headers(stack, dlq))[0] if k == "dup"] == [("dup", b"1"), ("dup", b"2")]
@@ -181,7 +188,7 @@ async def raw_headers(stack: Stack, topic: str) -> list[list[tuple[str, bytes]]]
         await consumer.stop()
 
 
-async def test_purge_before_a_time_removes_the_prefix_of_the_ingest_dlq(stack: Stack) -> None:
+async def test_the_ingest_dlq_purges_a_prefix_and_replays_to_the_ingest_topic(stack: Stack) -> None:
     assert run_cli("topics", "apply", env=stack.env()).returncode == 0
     await write(stack.bootstrap, f"{stack.ingest_topic}.dlq", letters()[:5])
     purged = cli(stack, "purge", "--sink", "ingest", "--before", iso(T0 + 3 * 60_000), "--yes")
@@ -189,3 +196,15 @@ async def test_purge_before_a_time_removes_the_prefix_of_the_ingest_dlq(stack: S
     assert "removed 3 events" in purged.stdout and "offsets 0..2" in purged.stdout
     left = await read_topic(stack.bootstrap, f"{stack.ingest_topic}.dlq")
     assert [r.key for r in left] == [b"hash-3", b"hash-4"]
+
+    # Replayed to the ingest topic with the producer's headers only (the ingest agent adds its own again);
+    # hash-4, replayed twice already, is parked.
+    settings = load_settings(environ=stack.env(DLQ_REPLAY_MAX="2"))
+    catalog = load_topics(settings.topics_path(), settings.topic_vars())
+    summary = await replay_dlq(settings, catalog, ReplayRequest("ingest"))
+    assert (summary.resent, summary.parked, summary.destination) == (1, 1, stack.ingest_topic)
+    sent = await read_topic(stack.bootstrap, stack.ingest_topic, committed_only=True)
+    assert [r.key for r in sent] == [b"hash-3"]
+    assert sorted(sent[0].headers) == ["bin", "dup", h.REPLAY_COUNT]
+    parked = await read_topic(stack.bootstrap, f"{stack.ingest_topic}.parked", committed_only=True)
+    assert [r.key for r in parked] == [b"hash-4"]
