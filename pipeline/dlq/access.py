@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -66,6 +66,19 @@ def resolve(settings: Settings, catalog: TopicCatalog, name: str) -> DlqTarget:
 
 def all_targets(settings: Settings, catalog: TopicCatalog) -> list[DlqTarget]:
     return [resolve(settings, catalog, name) for name in (INGEST, *catalog.sinks)]
+
+
+ClientT = TypeVar("ClientT", AIOKafkaConsumer, AIOKafkaProducer)
+
+
+async def start(client: ClientT) -> ClientT:
+    """Start a client; stop it again when starting fails (no unclosed-client warnings)."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+    return client
 
 
 def consumer(

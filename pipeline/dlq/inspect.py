@@ -13,8 +13,7 @@ from pipeline.topics import TopicCatalog
 
 async def matching(settings: Settings, target: access.DlqTarget, flt: Filter, limit: int | None) -> list[DeadLetter]:
     found: list[DeadLetter] = []
-    client = access.consumer(settings.kafka, target.group, client="dlq-inspect")
-    await client.start()
+    client = await access.start(access.consumer(settings.kafka, target.group, client="dlq-inspect"))
     try:
         async for record in access.scan(client, await access.spans(client, target.dlq)):
             if flt.matches(record):

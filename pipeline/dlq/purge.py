@@ -40,8 +40,7 @@ class PurgePlan:
 async def plan_purge(settings: Settings, catalog: TopicCatalog, sink: str, before: datetime | None) -> PurgePlan:
     """What a purge would remove: before `before`, or everything (None). Changes nothing."""
     target = access.resolve(settings, catalog, sink)
-    client = access.consumer(settings.kafka, committed_only=False, client="dlq-purge")
-    await client.start()
+    client = await access.start(access.consumer(settings.kafka, committed_only=False, client="dlq-purge"))
     try:
         tps = (await access.partitions(client, [target.dlq]))[target.dlq]
         starts = await client.beginning_offsets(tps)

@@ -165,8 +165,7 @@ async def _plan(
     settings: Settings, target: access.DlqTarget, request: ReplayRequest, summary: ReplaySummary
 ) -> dict[TopicPartition, int]:
     """Fills summary.planned; returns per partition the offset after the last matching event."""
-    client = access.consumer(settings.kafka, target.group, client="dlq-replay-plan")
-    await client.start()
+    client = await access.start(access.consumer(settings.kafka, target.group, client="dlq-replay-plan"))
     stops: dict[TopicPartition, int] = {}
     try:
         needed = [target.dlq, summary.destination] + ([target.parked] if target.parked else [])
@@ -193,32 +192,34 @@ async def _run(
     stops: dict[TopicPartition, int],
     progress: Callable[[ReplaySummary], None] | None,
 ) -> None:
-    producer = access.producer(settings.kafka, catalog, transactional_id=target.group)
-    await producer.start()  # init_transactions: aborts an open transaction of a killed run, fences a live one
-    client = access.consumer(settings.kafka, target.group, client="dlq-replay")
-    await client.start()
     bucket = TokenBucket(request.rate) if request.rate else None
     batch_size = max(1, min(BATCH, int(request.rate))) if request.rate else BATCH
     ingest = target.name == access.INGEST
+    # Starting the producer runs init_transactions: it aborts an open transaction of a killed run and
+    # fences a replay of the same DLQ still running.
+    producer = await access.start(access.producer(settings.kafka, catalog, transactional_id=target.group))
     try:
-        ranges = [s for s in await access.spans(client, target.dlq) if s.tp in stops]
-        ranges = [access.Span(s.tp, s.log_start, s.committed, min(s.end, stops[s.tp])) for s in ranges]
-        batch: list[DeadLetter] = []
-        async for record in access.scan(client, ranges):
-            batch.append(record)
-            if bucket is not None and request.flt.matches(record):
-                await bucket.acquire(1)
-            if len(batch) >= batch_size:
+        client = await access.start(access.consumer(settings.kafka, target.group, client="dlq-replay"))
+        try:
+            ranges = [s for s in await access.spans(client, target.dlq) if s.tp in stops]
+            ranges = [access.Span(s.tp, s.log_start, s.committed, min(s.end, stops[s.tp])) for s in ranges]
+            batch: list[DeadLetter] = []
+            async for record in access.scan(client, ranges):
+                batch.append(record)
+                if bucket is not None and request.flt.matches(record):
+                    await bucket.acquire(1)
+                if len(batch) >= batch_size:
+                    await _commit(producer, target, request, summary, batch, ingest)
+                    batch = []
+                    if progress:
+                        progress(summary)
+            if batch:
                 await _commit(producer, target, request, summary, batch, ingest)
-                batch = []
-                if progress:
-                    progress(summary)
-        if batch:
-            await _commit(producer, target, request, summary, batch, ingest)
-        if progress:
-            progress(summary)
+            if progress:
+                progress(summary)
+        finally:
+            await client.stop()
     finally:
-        await client.stop()
         await producer.stop()
 
 

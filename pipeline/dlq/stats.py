@@ -44,8 +44,7 @@ class DlqStats:
 
 async def one_dlq_stats(settings: Settings, target: access.DlqTarget) -> DlqStats:
     stats = DlqStats(target.name, target.dlq)
-    client = access.consumer(settings.kafka, target.group, client="dlq-stats")
-    await client.start()
+    client = await access.start(access.consumer(settings.kafka, target.group, client="dlq-stats"))
     try:
         ranges = await access.spans(client, target.dlq)
         stats.replayed = sum(s.replayed for s in ranges)

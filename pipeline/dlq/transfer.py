@@ -34,14 +34,12 @@ async def import_dlq(settings: Settings, catalog: TopicCatalog, sink: str, lines
                 records.append(codec.decode(line))
             except codec.CodecError as exc:
                 raise codec.CodecError(f"line {number}: {exc}") from None
-    client = access.consumer(settings.kafka, client="dlq-import")
-    await client.start()
+    client = await access.start(access.consumer(settings.kafka, client="dlq-import"))
     try:
         count = len((await access.partitions(client, [target.dlq]))[target.dlq])
     finally:
         await client.stop()
-    producer = access.producer(settings.kafka, catalog)
-    await producer.start()
+    producer = await access.start(access.producer(settings.kafka, catalog))
     try:
         futures = [
             await access.send_copy(producer, target.dlq, r, r.partition if 0 <= r.partition < count else None)
