@@ -65,7 +65,7 @@ async def test_replay_after_a_fix_delivers_every_event_once_even_when_killed_hal
     assert [r.headers.get(h.REPLAY_COUNT) for r in back[EVENTS:]] == [b"1"] * EVENTS
     assert all(h.ATTEMPT in r.headers for r in back[EVENTS:])
 
-    # The fix; a replay slowed to 5 events/s is killed once some are committed, then run again.
+    # The fix; a replay slowed to 4 events/s is killed once some are committed, then run again.
     await fetch(stack.dsn, f'ALTER TABLE "{stack.table}" DROP CONSTRAINT small')
 
     async def replayed_twice() -> int:
@@ -76,14 +76,14 @@ async def test_replay_after_a_fix_delivers_every_event_once_even_when_killed_hal
         stack.env(DLQ_REPLAY_MAX="2"),
         stack.workdir / "replay",
         name="replay",
-        module=("pipeline.cli.main", "dlq", "replay", "--sink", "tsdb", "--yes", "--rate", "5"),
+        module=("pipeline.cli.main", "dlq", "replay", "--sink", "tsdb", "--yes", "--rate", "4"),
     ).start()
     try:
-        await poll(replayed_twice, lambda n: n >= 5, timeout=60, what="part of the replay committed")
+        await poll(replayed_twice, lambda n: n >= 4, timeout=60, what="part of the replay committed")
     finally:
         killed.kill()
     partial = await replayed_twice()
-    assert 5 <= partial < EVENTS
+    assert 4 <= partial < EVENTS
 
     again = replay_cli(stack)
     assert again.returncode == 0, again.stdout + again.stderr
