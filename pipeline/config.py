@@ -247,6 +247,9 @@ class Settings(BaseSettings):
     metrics_interval_sec: float = Field(10.0, ge=0.5, le=3600, description="lag/backlog collector period")
     health_timeout_sec: float = Field(2.0, gt=0, le=60, description="each check of /health/detailed")
     strict_config: bool = Field(False, description="an env variable with a sink's prefix that is no setting fails")
+    dlq_replay_max: int = Field(
+        3, ge=0, le=1000, description="times `dlq replay` replays one event; past it the event is parked"
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
 
@@ -391,6 +394,7 @@ _GLOBAL_ENV: dict[str, str] = {
     "metrics_interval_sec": "METRICS_INTERVAL_SEC",
     "health_timeout_sec": "HEALTH_TIMEOUT_SEC",
     "strict_config": "STRICT_CONFIG",
+    "dlq_replay_max": "DLQ_REPLAY_MAX",
 }
 _GLOBAL_ENV.update({f"kafka.{name}": f"KAFKA_{name.upper()}" for name in KafkaSettings.model_fields})
 

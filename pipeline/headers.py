@@ -34,6 +34,11 @@ FAILED_TOPIC = "pipeline.failed.topic"  # the record whose delivery failed (sink
 FAILED_PARTITION = "pipeline.failed.partition"
 FAILED_OFFSET = "pipeline.failed.offset"
 
+# Set by `pipeline dlq replay` (pipeline.dlq).
+REPLAY_COUNT = "pipeline.replay.count"  # times the event was replayed from a DLQ (1 after the first replay)
+PARKED_REASON = "pipeline.parked.reason"  # on events replay moved to a parking topic instead
+PARKED_AT = "pipeline.parked-at"  # RFC 3339 UTC
+
 MAX_HEADER_VALUE = 4096
 
 Headers = Sequence[tuple[str, bytes]]

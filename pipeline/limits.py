@@ -26,7 +26,7 @@ from pipeline.topics import TopicCatalog, TopicSpec
 ENVELOPE_BYTES = 64 * 1024
 BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's message.max.bytes default
 MAX_MESSAGE_BYTES = "max.message.bytes"
-WRITTEN_ROLES = ("by_hash", "ingest_dlq", "sink", "sink_retry", "sink_dlq")
+WRITTEN_ROLES = ("by_hash", "ingest_dlq", "ingest_parked", "sink", "sink_retry", "sink_dlq", "sink_parked")
 
 
 def ingest_message_bytes(max_event_bytes: int) -> int:

@@ -219,6 +219,17 @@ class TopicCatalog:
         """The dead-letter topic of sink ``name``."""
         return self._sink_role("sink_dlq", name)[0]
 
+    def sink_parked(self, name: str) -> TopicSpec | None:
+        """The parking topic of sink ``name`` (None when the topics file declares none)."""
+        found = self._sink_role("sink_parked", name)
+        return found[0] if found else None
+
+    @property
+    def ingest_parked(self) -> TopicSpec | None:
+        """The parking topic of the ingest DLQ (None when the topics file declares none)."""
+        found = self.role("ingest_parked")
+        return found[0] if found else None
+
     def __iter__(self) -> Iterator[TopicSpec]:
         return iter(self.specs)
 

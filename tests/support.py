@@ -162,9 +162,15 @@ async def delete_records(bootstrap: str, before: Mapping[TopicPartition, int]) -
         await admin.close()
 
 
-async def read_topic(bootstrap: str, topic: str, timeout: float = 30) -> list[Record]:
-    """Every record in the topic, from the beginning up to the end offsets seen at the start."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+async def read_topic(bootstrap: str, topic: str, timeout: float = 30, *, committed_only: bool = False) -> list[Record]:
+    """Every record in the topic, from the beginning up to the end offsets seen at the start
+    (`committed_only`: as a read_committed consumer sees them, up to the last stable offsets)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+    )
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()

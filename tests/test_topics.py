@@ -74,7 +74,9 @@ def test_repo_topics_file_resolves_every_role() -> None:
     assert cat.sink_dlq("pg").name == "acme.sink.pg.dlq"
     assert cat.sink_dlq("pg").sink == "pg"
     assert cat.sinks == ("tsdb", "pg")
-    assert len(cat.specs) == 4 + 2 + 3 + 2
+    assert cat.sink_parked("pg") is not None and cat.sink_parked("pg").name == "acme.sink.pg.parked"  # type: ignore[union-attr]
+    assert cat.ingest_parked is not None and cat.ingest_parked.name == "events.ingest.parked"
+    assert len(cat.specs) == 5 + 2 + 3 + 2 + 2
     assert len(set(cat.names)) == len(cat.specs)
     with pytest.raises(KeyError, match="tsdb, pg"):
         cat.sink("nope")
@@ -120,7 +122,7 @@ def test_partition_and_replication_overrides_replace_defaults_only() -> None:
 
 def test_no_sinks_gives_no_sink_topics() -> None:
     cat = load_topics(REPO_TOPICS, make_vars(sinks=()))
-    assert [s.role for s in cat.specs] == ["ingest", "ingest_dlq", "by_hash", "dedupe_changelog"]
+    assert [s.role for s in cat.specs] == ["ingest", "ingest_dlq", "ingest_parked", "by_hash", "dedupe_changelog"]
 
 
 def test_default_topics_path_is_the_packaged_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import config, demo, devstack, health, publish, topics, worker
+from pipeline.cli import config, demo, devstack, dlq, health, publish, topics, worker
 
 app = typer.Typer(
     name="pipeline",
@@ -19,6 +19,7 @@ app.command("demo")(demo.demo)
 app.command("health")(health.health)
 app.add_typer(topics.app, name="topics", help="Plan and apply the topics declared in topics.yaml.")
 app.add_typer(config.app, name="config")
+app.add_typer(dlq.app, name="dlq", help="Dead-letter queues: stats, inspect, replay, export, import, purge.")
 app.add_typer(devstack.app, name="devstack", help="Local Kafka and PostgreSQL for development and tests.")
 
 
