@@ -18,8 +18,14 @@ class Filter:
     since: datetime | None = None
     until: datetime | None = None
     key: str | None = None  # the record key as text, exact
+    partition: int | None = None  # coordinates of one record (the admin API's retry of one event)
+    offset: int | None = None
 
     def matches(self, record: DeadLetter) -> bool:
+        if self.partition is not None and record.partition != self.partition:
+            return False
+        if self.offset is not None and record.offset != self.offset:
+            return False
         if self.error_class is not None and record.header(h.ERROR_CLASS) != self.error_class:
             return False
         if self.reason is not None and record.header(h.ERROR_REASON) != self.reason:

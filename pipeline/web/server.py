@@ -27,7 +27,7 @@ from pipeline.observability.health import UNHEALTHY, HealthReport, WorkerState
 from pipeline.reliability.breaker import CircuitBreaker
 from pipeline.sinks.base import Sink
 from pipeline.topics import TopicCatalog
-from pipeline.web import admin
+from pipeline.web import admin, dlq_admin
 from pipeline.web.ingest import IngestEndpoint
 
 log = structlog.get_logger("pipeline.web")
@@ -48,7 +48,9 @@ def _json(body: Callable[[], dict[str, Any]], *, failing: Callable[[dict[str, An
     return handler
 
 
-def build_web_app(settings: Settings, report: HealthReport, ingest: IngestEndpoint | None) -> web.Application:
+def build_web_app(
+    settings: Settings, report: HealthReport, ingest: IngestEndpoint | None, catalog: TopicCatalog | None = None
+) -> web.Application:
     app = web.Application(client_max_size=settings.ingest_http_max_request_bytes)
 
     async def metrics_view(request: web.Request) -> web.Response:
@@ -71,6 +73,8 @@ def build_web_app(settings: Settings, report: HealthReport, ingest: IngestEndpoi
     )
     if settings.admin_token is not None:
         app.router.add_routes(admin.routes(report.breakers, settings.admin_token))
+        if catalog is not None:
+            app.router.add_routes(dlq_admin.routes(settings, catalog, settings.admin_token))
     if ingest is not None:
         app.router.add_post("/ingest", ingest.handle)
     return app
@@ -85,9 +89,11 @@ class WebService(Service):
         report: HealthReport,
         ingest: IngestEndpoint | None,
         tiers: Mapping[str, list[str]] | None = None,
+        catalog: TopicCatalog | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.catalog = catalog
         self.tiers = dict(tiers or {})  # sink -> its retry tiers' labels, for the series made at 0
         self.settings = settings
         self.report = report
@@ -103,7 +109,7 @@ class WebService(Service):
         if not settings.web_enabled:
             return  # nothing would read the collector's values
         self._collector_task = asyncio.create_task(self.report.collector.run(), name="metrics-collector")
-        runner = web.AppRunner(build_web_app(settings, self.report, self.ingest), access_log=None)
+        runner = web.AppRunner(build_web_app(settings, self.report, self.ingest, self.catalog), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.web_host, settings.web_port, reuse_address=True)
         await site.start()
@@ -162,6 +168,6 @@ def attach(
     tiers = {
         s.name: [t.tier or str(i) for i, t in enumerate(catalog.sink_retry(s.name))] for s in settings.enabled_sinks()
     }
-    service = WebService(settings, report, ingest, tiers)
+    service = WebService(settings, report, ingest, tiers, catalog)
     app.service(service)
     return service
