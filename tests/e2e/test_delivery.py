@@ -175,3 +175,41 @@ async def test_records_deleted_by_retention_before_processing_are_reported_and_p
     assert sorted(r["n"] for r in rows) == [*range(20), *range(30, 50)]
     reports = second.logged("records deleted by the topic's retention before they were processed; raise its retention")
     assert reports and reports[0]["deleted"] == 10, second.tail()
+
+
+async def test_a_worker_leaving_hands_its_partitions_and_dedupe_state_to_the_other(stack: Stack) -> None:
+    """Scale-in: two workers share the partitions; one stops (SIGTERM, as Kubernetes scales down). The
+    other takes its partitions and their dedupe table (restored from the changelog): copies of the first
+    wave's events sent after the leave are dropped as duplicates, new events are delivered, every row
+    once."""
+    await apply_topics(stack)
+    first_wave = 600
+    await produce(stack.bootstrap, stack.ingest_topic, make_stream(first_wave, 0, stack.partitions, seed=17).messages)
+    leaving, staying = stack.worker("leaving"), stack.worker("staying")
+
+    async def both_own_partitions() -> int:
+        return sum(
+            1
+            for w in (leaving, staying)
+            if w.logged("partitions assigned")
+            and w.logged("partitions assigned")[-1]["assigned"].get(f"{stack.ingest_topic}.by-hash")
+        )
+
+    await poll(both_own_partitions, lambda n: n == 2, timeout=120, what="both workers own by-hash partitions")
+    await wait_all_delivered(stack, first_wave)
+    assert leaving.stop() == 0, leaving.tail()
+
+    # The same events again, spelt differently, plus new ones.
+    again = make_stream(first_wave, 0, stack.partitions, seed=18).messages
+    new = make_stream(UNIQUE + 400, 0, stack.partitions, seed=19).messages  # events 0..UNIQUE+399 spelt anew
+    fresh = [m for m in new if json.loads(m[2] or b"{}")["payload"]["n"] >= UNIQUE]
+    await produce(stack.bootstrap, stack.ingest_topic, again + fresh)
+    await wait_all_delivered(stack, first_wave + 400)
+    records = await read_topic(stack.bootstrap, stack.sink_topic())
+    origins: dict[bytes | None, set[tuple[bytes, bytes]]] = defaultdict(set)
+    for record in records:
+        origins[record.key].add((record.headers[h.ORIGIN_PARTITION], record.headers[h.ORIGIN_OFFSET]))
+    assert len(origins) == first_wave + 400
+    leaked = {key: o for key, o in origins.items() if len(o) > 1}
+    assert not leaked, f"{len(leaked)} copies sent after the leave passed dedupe: the table state was lost"
+    assert await count_rows(stack.dsn, stack.table) == first_wave + 400
