@@ -13,6 +13,8 @@ from mode import Service
 
 from agents.app import Pipeline
 from pipeline.delivery.runner import SinkRunner
+from pipeline.delivery.status import RunnerStatus
+from pipeline.delivery.supervisor import RunnerCrashLoop, supervise
 from pipeline.observability import metrics
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
 from pipeline.sinks.registry import create_sink
@@ -35,6 +37,7 @@ class DeliveryService(Service):
         super().__init__(**kwargs)
         self.pipeline = pipeline
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.runners: dict[str, SinkRunner] = {}
         self._runner_tasks: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
 
@@ -66,20 +69,26 @@ class DeliveryService(Service):
                 producer=self._producer,
                 breaker=breaker,
             )
+            self.runners[sink_settings.name] = runner
             self._runner_tasks.append(
                 asyncio.create_task(self._supervise(runner), name=f"deliver-{sink_settings.name}")
             )
 
+    def statuses(self) -> dict[str, RunnerStatus]:
+        """Each sink's delivery status (open state, last open error, breaker, routing), for health checks."""
+        return {name: runner.status for name, runner in self.runners.items()}
+
     async def _supervise(self, runner: SinkRunner) -> None:
-        """A runner that dies (it should not) is restarted; its uncommitted events are redelivered."""
-        while True:
-            try:
-                await runner.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("delivery crashed; restarting", sink=runner.name)
-                await asyncio.sleep(1.0)
+        """A runner that crashes (a bug, not a sink failure) is restarted from its committed offsets; one
+        that keeps crashing stops the worker (exit non-zero) instead of leaving it alive and idle."""
+
+        def crashed(count: int) -> None:
+            runner.status.crashes = count
+
+        try:
+            await supervise(runner.name, runner.run, on_crash=crashed)
+        except RunnerCrashLoop as exc:
+            await self.crash(exc)
 
     async def on_stop(self) -> None:
         for task in self._runner_tasks:

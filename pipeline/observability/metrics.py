@@ -50,3 +50,21 @@ CIRCUIT_STATE = Gauge(
     "mship_sink_circuit_state", "Circuit breaker state (0=closed, 1=open, 2=half-open)", ["sink"], registry=REGISTRY
 )
 CIRCUIT_OPENS = Counter("mship_sink_circuit_open_total", "Times a sink's breaker opened", ["sink"], registry=REGISTRY)
+SINK_ROUTE_BLOCKED = Counter(
+    "pipeline_sink_route_blocked_total",
+    "Delivery rounds whose retry-tier or DLQ produce failed after its bounded attempts (the sink then pauses)",
+    ["sink"],
+    registry=REGISTRY,
+)
+SINK_OPEN_FAILURES = Counter(
+    "pipeline_sink_open_failures_total",
+    "Failed attempts to open a sink, by kind (retryable or fatal, e.g. permission denied)",
+    ["sink", "kind"],
+    registry=REGISTRY,
+)
+RUNNER_CRASHES = Counter(
+    "pipeline_delivery_runner_crashes_total",
+    "Delivery runners that crashed on an unexpected error and were restarted",
+    ["sink"],
+    registry=REGISTRY,
+)
