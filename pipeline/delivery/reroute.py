@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -47,6 +48,7 @@ class Rerouter:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         attempt_timeout_s: float = ROUTE_ATTEMPT_TIMEOUT_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -56,6 +58,7 @@ class Rerouter:
         self.rng = rng or random.Random()
         self.sleep = sleep
         self.attempt_timeout_s = attempt_timeout_s
+        self.clock = clock
 
     def _route(self, failure: Failure, now_ms: int, retry_after: float | None) -> Route:
         if isinstance(failure.error, UndecodableRecord):
@@ -95,7 +98,7 @@ class Rerouter:
         self, failures: Sequence[Failure], retry_after: float | None
     ) -> tuple[list[Item], list[Failure], BaseException | None]:
         """(routed items, failures that could not be produced, the last produce error)."""
-        now = datetime.now(UTC)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         now_ms = int(now.timestamp() * 1000)
         routes = [(f, self._route(f, now_ms, retry_after)) for f in failures]
         pending = routes

@@ -110,6 +110,7 @@ class SinkRunner:
             dlq_topic=self.dlq_topic,
             rng=rng or random.Random(),
             sleep=sleep,
+            clock=clock,
         )
         self.status = RunnerStatus(self.name, breaker)
         self.open_backoff = Backoff(settings.retry, cap_s=OPEN_BACKOFF_CAP_S)
@@ -124,7 +125,15 @@ class SinkRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    def reset_positions(self) -> None:
+        """A new consumer starts at the committed offsets: the old one's holds and expected offsets go
+        (what the book remembers as done stays true)."""
+        self.pausing.holds.clear()
+        self.pausing.gate_closed = False
+        self.expiry.expected.clear()
+
     async def run(self) -> None:
+        self.reset_positions()
         await self.open_sink()
         consumer = open_consumer(
             self.settings, self.kafka, group_id=self.group_id, pattern=self.pattern, listener=_Listener(self)
