@@ -23,6 +23,7 @@ class OffsetBook:
     def __init__(self) -> None:
         self._done: dict[TopicPartition, set[int]] = {}
         self._unrouted: dict[TopicPartition, dict[int, SinkError]] = {}
+        self._committed: dict[TopicPartition, int] = {}  # the last offset this book saw committed
 
     def is_done(self, item: Item) -> bool:
         return item.offset in self._done.get(item.tp, ())
@@ -64,14 +65,17 @@ class OffsetBook:
         return {tp: pending for tp, (_, pending) in self._first_pending(items).items() if pending is not None}
 
     def everything(self, items: Sequence[Item]) -> dict[TopicPartition, int]:
-        """The first offset of the round per partition (to read it all again, e.g. after a failed commit)."""
+        """Where to read the whole round again (a failed commit, an unforeseen error): per partition its
+        first offset, or the offset committed since if that is later. What is done is skipped when read
+        again, and then committed; what was committed is not read again."""
         out: dict[TopicPartition, int] = {}
         for item in items:
             out[item.tp] = min(out.get(item.tp, item.offset), item.offset)
-        return out
+        return {tp: max(offset, self._committed.get(tp, offset)) for tp, offset in out.items()}
 
     def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
+            self._committed[tp] = offset
             done = self._done.get(tp)
             if done:
                 self._done[tp] = {o for o in done if o >= offset}
@@ -83,6 +87,7 @@ class OffsetBook:
         for tp in tps:
             self._done.pop(tp, None)
             self._unrouted.pop(tp, None)
+            self._committed.pop(tp, None)
 
     def remembered(self) -> int:
         return sum(len(v) for v in self._done.values()) + sum(len(v) for v in self._unrouted.values())

@@ -24,12 +24,13 @@ One round:
   failures          -> each event to its next retry tier, or to the DLQ (fatal, retries spent, undecodable)
   commit            -> per partition up to the first event not done; the rest is rewound, and what is done
                        above it is remembered so it is not written or produced again
-Any exception between the fetch and the commit rewinds everything of the round that is not done.
+Any exception between the fetch and the commit rewinds the whole round (what is done is skipped when read again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import time
@@ -211,7 +212,7 @@ class SinkRunner:
         except Exception:
             # Something unforeseen (a fetch error, a bug): commit nothing more, read again what is not done.
             log.exception("delivery round failed; its events stay in Kafka", sink=self.name, events=len(fetched))
-            self._rewind(consumer, self.book.rewinds(fetched))
+            self._rewind(consumer, self.book.everything(fetched))
             await self.sleep(IDLE_POLL_S)
 
     async def _idle(self, consumer: DeliveryConsumer, now: float) -> None:
@@ -220,7 +221,7 @@ class SinkRunner:
             wait = self.breaker.seconds_until_half_open() or IDLE_POLL_S
         else:
             wait = self.pausing.idle_timeout(now, IDLE_POLL_S)
-        returned = await consumer.getmany(timeout_ms=int(min(wait, IDLE_POLL_S) * 1000))
+        returned = await consumer.getmany(timeout_ms=_poll_ms(min(wait, IDLE_POLL_S)))
         self._fetched(returned)
         self._rewind(consumer, {tp: records[0].offset for tp, records in returned.items() if records})
 
@@ -235,7 +236,7 @@ class SinkRunner:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
-            data = await consumer.getmany(timeout_ms=max(0, int(timeout * 1000)), max_records=limit - len(fetched))
+            data = await consumer.getmany(timeout_ms=_poll_ms(timeout), max_records=limit - len(fetched))
             if not data:
                 break
             for tp, records in data.items():
@@ -370,6 +371,12 @@ class SinkRunner:
         self.book.forget(tps)
         for tp in tps:
             self.expiry.moved(tp, None)
+
+
+def _poll_ms(seconds: float) -> int:
+    """A poll's timeout in whole milliseconds, rounded up: a wait of a fraction of a millisecond until a
+    hold ends must not become a poll that returns at once, round after round."""
+    return max(0, math.ceil(seconds * 1000))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -18,8 +19,9 @@ from structlog.testing import capture_logs
 
 from pipeline import headers as h
 from pipeline.config import ConfigError, KafkaSettings, load_settings
-from pipeline.delivery.consumer import check_poll_interval, max_poll_interval_ms, round_budget_s
+from pipeline.delivery.consumer import ROUTE_ATTEMPTS, check_poll_interval, max_poll_interval_ms, round_budget_s
 from pipeline.delivery.supervisor import RunnerCrashLoop, supervise
+from pipeline.observability.metrics import REGISTRY
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
 from pipeline.reliability.policies import BreakerPolicy
 from pipeline.sinks.base import FatalSinkError, RetryableSinkError
@@ -27,7 +29,7 @@ from tests.unit.delivery_fakes import FAULTS, Faults, all_done, drive, errors, e
 
 
 @pytest.fixture(autouse=True)
-def quiet_logs() -> Iterator[list[dict[str, object]]]:
+def quiet_logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """Captured, not rendered (rendering tracebacks with locals makes the property test slow)."""
     with capture_logs() as logs:
         yield logs
@@ -75,8 +77,14 @@ def test_no_commit_ever_passes_an_event_not_done(
     main = [rec for tp, recs in r.log.records.items() if tp.topic == r.main for rec in recs]
     for record in main:
         assert r.done(TopicPartition(r.main, record.partition), record)
-    good = {event(n)[0].decode() for n in range(count) if n not in poison}
-    assert good <= set(r.sink.written)
+    dead = {(rec.key or b"").decode() for rec in r.in_dlq()}
+    written = set(r.sink.written)
+    for n in range(count):
+        key = event(n, n in poison)[0].decode()
+        if n in poison:
+            assert key in dead and key not in written, f"poison event {n}"
+        else:
+            assert key in written or key in dead, f"event {n} neither written nor dead-lettered"
 
 
 # -- item 4: an exception between fetch and routing rewinds the round ---------------------------------
@@ -109,23 +117,12 @@ async def test_a_fetch_error_on_the_second_poll_of_a_round_rewinds_the_first() -
     fill(r, 2, partitions=1)
     tp = TopicPartition(r.main, 0)
 
-    async def more_on_the_first_poll() -> None:
-        original = r.consumer.getmany
-
-        async def getmany(*a: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> object:
-            result = await original(*a, timeout_ms=timeout_ms, max_records=max_records)
-            if calls["getmany"] == 1:
-                fill_more = event(5)
-                r.log.append(tp, *fill_more, [])  # arrives during the linger
-            return result
-
-        r.consumer.getmany = getmany  # type: ignore[method-assign]
-        await r.runner.step()  # first poll returns 2 records, the second raises: nothing may be committed
-        assert r.consumer.commits.get(tp) is None
-        assert r.consumer.positions[tp] == 0, "the fetched records are put back"
-        await drive(r, 5, until=lambda: all_done(r))
-
-    await more_on_the_first_poll()
+    await r.runner.step()  # the first poll returns 2 records, the second raises: nothing may be committed
+    assert calls["getmany"] == 2
+    assert r.consumer.commits.get(tp) is None and r.sink.written == []
+    assert r.consumer.positions[tp] == 0, "the fetched records are put back"
+    r.log.append(tp, *event(5), [])
+    await drive(r, 5, until=lambda: all_done(r))
     assert r.consumer.commits[tp] == 3 and len(set(r.sink.written)) == 3
 
 
@@ -154,10 +151,11 @@ async def test_an_unwritable_dlq_pauses_the_sink_and_never_writes_a_good_event_t
     r = rig(partitions=1, producer_faults=dlq_deleted, batch_size=10)
     fill(r, 10, poison=frozenset({3, 7}), partitions=1)
     tp = TopicPartition(r.main, 0)
-    await drive(r, 30)
+    await drive(r, 5, until=lambda: r.runner.status.route_blocked_until is not None)
+    assert r.runner.pausing.sink_paused(r.clock()), "consumption is paused with a backoff"
+    await drive(r, 30)  # several backoff periods: each routes the two poison events again, nothing else
     assert r.consumer.commits.get(tp) == 3, "committed up to the first poison event, not past it"
     assert r.runner.status.route_blocked_until is not None
-    assert r.runner.pausing.sink_paused(r.clock()), "consumption is paused with a backoff"
     writes = Counter(r.sink.written)
     assert len(writes) == 8 and set(writes.values()) == {1}, "each good event written once"
     broken[0] = False
@@ -169,20 +167,34 @@ async def test_an_unwritable_dlq_pauses_the_sink_and_never_writes_a_good_event_t
     assert r.runner.status.route_blocked_until is None
 
 
-async def test_route_backoff_grows_and_the_error_is_logged_once_per_period() -> None:
-    r = rig(partitions=1, producer_faults=lambda call: KafkaError("denied") if call == "send" else None)
+async def test_route_backoff_grows_and_the_error_is_logged_once_per_period(
+    quiet_logs: list[MutableMapping[str, Any]],
+) -> None:
+    sends = Counter[str]()
+
+    def denied(call: str) -> BaseException | None:
+        sends[call] += 1
+        return KafkaError("TopicAuthorizationFailedError") if call == "send" else None
+
+    r = rig(partitions=1, producer_faults=denied)
     fill(r, 1, poison=frozenset({0}), partitions=1)
-    delays = []
-    for _ in range(4):
-        await drive(r, 1)
-        while r.runner.pausing.sink_paused(r.clock()):
-            delays.append(r.runner.pausing.sink_until)
-            r.clock.now = r.runner.pausing.sink_until
+    blocked = REGISTRY.get_sample_value("pipeline_sink_route_blocked_total", {"sink": "fake"}) or 0.0
+    periods: list[float] = []
+    for _ in range(5):
+        await drive(r, 1)  # routes (bounded attempts), fails, pauses the sink
+        until = r.runner.pausing.sink_until
+        periods.append(round(until - r.clock(), 6))
+        attempts = sends["send"]
+        while r.clock() < until:  # the rounds of the pause only poll: no write, no produce
             await drive(r, 1)
-    assert len(set(delays)) >= 3
-    gaps = [b - a for a, b in zip(delays, delays[1:], strict=False) if b != a]
-    assert gaps == sorted(gaps)
-    assert r.sink.written == []
+        assert sends["send"] == attempts
+    assert periods == [0.1, 0.2, 0.4, 0.4, 0.4], "grows up to max_backoff_ms"
+    assert sends["send"] == 5 * ROUTE_ATTEMPTS
+    logged = [e for e in quiet_logs if e["log_level"] == "error" and "cannot be written" in str(e["event"])]
+    assert len(logged) == 5, "one error per backoff period"
+    after = REGISTRY.get_sample_value("pipeline_sink_route_blocked_total", {"sink": "fake"})
+    assert after == blocked + 5
+    assert r.sink.written == [] and r.consumer.commits == {}
 
 
 # -- item 13: half-open probes, requests in the window, fatal open ------------------------------------
@@ -218,8 +230,11 @@ async def test_the_failure_rate_window_counts_requests_not_rounds() -> None:
     assert snapshot["window_size"] == 4 and snapshot["window_failures"] == 4 and snapshot["inflight"] == 0
 
 
-async def test_a_fatal_open_error_is_an_error_with_backoff_and_a_status() -> None:
+async def test_a_fatal_open_error_is_an_error_with_backoff_and_a_status(
+    quiet_logs: list[MutableMapping[str, Any]],
+) -> None:
     r = rig()
+    fatal_before = REGISTRY.get_sample_value("pipeline_sink_open_failures_total", {"sink": "fake", "kind": "fatal"})
     r.sink.open_errors = [
         FatalSinkError("permission denied for schema public"),
         FatalSinkError("permission denied for schema public"),
@@ -241,6 +256,10 @@ async def test_a_fatal_open_error_is_an_error_with_backoff_and_a_status() -> Non
     snapshot = r.runner.status.snapshot()
     assert snapshot["open_state"] == "open" and snapshot["last_open_error"] is None
     assert snapshot["breaker_state"] == "closed"
+    levels = [e["log_level"] for e in quiet_logs if e["event"] == "sink open failed"]
+    assert levels == ["error", "error", "warning"]
+    fatal = REGISTRY.get_sample_value("pipeline_sink_open_failures_total", {"sink": "fake", "kind": "fatal"})
+    assert (fatal or 0) - (fatal_before or 0) == 2
 
 
 def test_poll_interval_covers_the_satcom_write_timeout() -> None:
