@@ -67,10 +67,12 @@ class Writer:
         self._throttle = asyncio.Lock()
 
     def concurrency(self) -> int:
-        """Requests in flight at once: the sink's cap while closed, the probe cap while half-open."""
+        """Requests in flight at once: `max_concurrent_requests`, and while the breaker is not closed no more
+        than its `half_open_max_inflight` probes."""
+        cap = self.settings.max_concurrent_requests
         if self.breaker.state is BreakerState.CLOSED:
-            return self.settings.max_concurrent_requests
-        return self.settings.circuit_breaker.half_open_max_inflight
+            return cap
+        return min(cap, self.settings.circuit_breaker.half_open_max_inflight)
 
     def throttle_wait(self) -> float:
         """Seconds until the rate limits allow the next write."""
