@@ -29,6 +29,8 @@ from pipeline.sinks.settings import SinkSettings
 
 log = structlog.get_logger("pipeline.deliver")
 
+BURST_S = 0.25  # the credit a rate limit's bucket may hold, in seconds of its rate
+
 
 @dataclass
 class WriteResult:
@@ -60,10 +62,15 @@ class Writer:
         self.clock = clock
         self.sleep = sleep
         self.buckets: list[tuple[TokenBucket, Callable[[list[SinkRecord]], float]]] = []
-        if settings.flush_bandwidth_bytes_per_sec:
-            self.buckets.append((TokenBucket(settings.flush_bandwidth_bytes_per_sec), sink.wire_size))
-        if settings.max_events_per_sec:
-            self.buckets.append((TokenBucket(settings.max_events_per_sec), len))
+        # Pay-after buckets: a write's debt is paid while it is written and while the next one waits, so they
+        # need little credit; BURST_S of it covers the gap between two rounds (a poll, the linger) without
+        # letting a burst after an idle spell push the rate over a window far past the limit.
+        for rate, amount in (
+            (settings.flush_bandwidth_bytes_per_sec, sink.wire_size),
+            (settings.max_events_per_sec, len),
+        ):
+            if rate:
+                self.buckets.append((TokenBucket(rate, capacity=rate * BURST_S), amount))
         self._throttle = asyncio.Lock()
 
     def concurrency(self) -> int:
