@@ -25,6 +25,7 @@ from pipeline.observability.metrics import REGISTRY
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
 from pipeline.reliability.policies import BreakerPolicy
 from pipeline.sinks.base import FatalSinkError, RetryableSinkError
+from tests.support import run_cli
 from tests.unit.delivery_fakes import FAULTS, Faults, all_done, drive, errors, event, fill, rig
 
 
@@ -271,6 +272,13 @@ def test_poll_interval_covers_the_satcom_write_timeout() -> None:
     assert check_poll_interval(sink, settings_.kafka) == interval
     with pytest.raises(ConfigError, match="session_timeout_ms"):
         check_poll_interval(sink, KafkaSettings(session_timeout_ms=interval + 1))
+
+
+def test_the_worker_refuses_a_session_timeout_above_the_poll_interval() -> None:
+    env = {"TSDB_DSN": "postgresql://u:p@h/d", "PIPELINE_CONFIG": "", "KAFKA_SESSION_TIMEOUT_MS": "400000"}
+    result = run_cli("worker", env=env)
+    assert result.returncode == 78, result.stderr
+    assert "kafka.session_timeout_ms" in result.stderr and "max.poll.interval.ms" in result.stderr
 
 
 def test_a_permit_ends_once() -> None:
