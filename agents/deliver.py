@@ -13,6 +13,9 @@ from mode import Service
 
 from agents.app import Pipeline
 from pipeline.delivery.runner import SinkRunner
+from pipeline.delivery.status import RunnerStatus
+from pipeline.delivery.supervisor import RunnerCrashLoop, supervise
+from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
 from pipeline.sinks.base import Sink
@@ -37,6 +40,7 @@ class DeliveryService(Service):
         self.pipeline = pipeline
         self.breakers: dict[str, CircuitBreaker] = {}
         self.sinks: dict[str, Sink] = {}  # for the health endpoints
+        self.runners: dict[str, SinkRunner] = {}
         self._runner_tasks: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
 
@@ -49,7 +53,7 @@ class DeliveryService(Service):
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
-            max_request_size=max(1_048_576, settings.max_event_bytes + 65_536),
+            max_request_size=producer_request_bytes(self.pipeline.catalog),  # pipeline.limits: the topics' size
             **kafka.client_kwargs(),
         )
         await self._producer.start()
@@ -70,20 +74,26 @@ class DeliveryService(Service):
                 producer=self._producer,
                 breaker=breaker,
             )
+            self.runners[sink_settings.name] = runner
             self._runner_tasks.append(
                 asyncio.create_task(self._supervise(runner), name=f"deliver-{sink_settings.name}")
             )
 
+    def statuses(self) -> dict[str, RunnerStatus]:
+        """Each sink's delivery status (open state, last open error, breaker, routing), for health checks."""
+        return {name: runner.status for name, runner in self.runners.items()}
+
     async def _supervise(self, runner: SinkRunner) -> None:
-        """A runner that dies (it should not) is restarted; its uncommitted events are redelivered."""
-        while True:
-            try:
-                await runner.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("delivery crashed; restarting", sink=runner.name)
-                await asyncio.sleep(1.0)
+        """A runner that crashes (a bug, not a sink failure) is restarted from its committed offsets; one
+        that keeps crashing stops the worker (exit non-zero) instead of leaving it alive and idle."""
+
+        def crashed(count: int) -> None:
+            runner.status.crashes = count
+
+        try:
+            await supervise(runner.name, runner.run, on_crash=crashed)
+        except RunnerCrashLoop as exc:
+            await self.crash(exc)
 
     async def on_stop(self) -> None:
         for task in self._runner_tasks:

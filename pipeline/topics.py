@@ -22,7 +22,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -82,6 +82,9 @@ FOR_EACH: Mapping[str, tuple[str, ...]] = {
 # The required roles that are per sink, and the for_each they must use.
 _ROLE_FOR_EACH: Mapping[str, str] = {"sink": "sink", "sink_retry": "sink_retry_tier", "sink_dlq": "sink"}
 
+#: A retry tier label as `tier_label` writes it (500ms, 1s, 5m, 2h).
+TIER_LABEL_PATTERN = r"[0-9]+(?:ms|s|m|h)"
+
 _STR_VARIABLES = ("prefix", "ingest_topic", "app_id")
 _INT_VARIABLES = ("idempotency_window_ms", "ingest_message_bytes", "message_bytes")
 _LOOP_VARIABLES = ("sink", "tier")
@@ -128,6 +131,9 @@ class TopicSpec:
     sink: str | None = None
     tier: str | None = None
     partitions_of: str | None = None  # role this topic must stay co-partitioned with
+    #: For retry tiers: a regex matching this sink's tier topic for ANY tier label (tiers of an earlier
+    #: retry policy included), so delivery keeps reading tiers the current policy no longer names.
+    name_pattern: str | None = None
 
 
 class TopicsError(Exception):
@@ -215,6 +221,22 @@ class TopicCatalog:
         """The retry-tier topics of sink ``name``, in tier order."""
         return self._sink_role("sink_retry", name)
 
+    def sink_retry_pattern(self, name: str) -> str | None:
+        """A regex matching every retry tier topic sink ``name`` may have, of any retry policy."""
+        return next((s.name_pattern for s in self.sink_retry(name) if s.name_pattern), None)
+
+    def orphaned_tiers(self, existing: Iterable[str]) -> dict[str, str]:
+        """``{topic: sink}`` of the ``existing`` topics that are retry tiers of an enabled sink but not of
+        its current retry policy (left behind by a changed backoff or profile)."""
+        out: dict[str, str] = {}
+        for sink in self.sinks:
+            pattern = self.sink_retry_pattern(sink)
+            if pattern is None:
+                continue
+            regex = re.compile(pattern)
+            out.update({t: sink for t in existing if t not in self._by_name and regex.fullmatch(t)})
+        return out
+
     def sink_dlq(self, name: str) -> TopicSpec:
         """The dead-letter topic of sink ``name``."""
         return self._sink_role("sink_dlq", name)[0]
@@ -265,6 +287,9 @@ class TopicPlan:
     changes: list[TopicChange]
     checked: int = 0  # number of declared topics compared
     applied: bool = False  # False: a plan; True: the result of apply
+    #: Retry tier topics of an earlier retry policy: ``{topic: records still in it}``. Delivery keeps
+    #: reading them; delete one by hand once it is empty. Informational: never created or changed.
+    orphaned_tiers: dict[str, int] = field(default_factory=dict)
 
     @property
     def has_unfixable_drift(self) -> bool:
@@ -275,9 +300,13 @@ class TopicPlan:
         return not self.changes
 
     def render(self) -> str:
+        orphans = [
+            f"? orphaned retry tier {topic}: {count} records waiting (still delivered; delete it once empty)"
+            for topic, count in sorted(self.orphaned_tiers.items())
+        ]
         if not self.changes:
-            return f"no changes: all {self.checked} topics match the topics file"
-        lines: list[str] = []
+            return "\n".join([*orphans, f"no changes: all {self.checked} topics match the topics file"])
+        lines: list[str] = list(orphans)
         for c in self.changes:
             if c.kind == "create":
                 verb = "created" if c.done else ("would create" if not self.applied else "not created")
@@ -747,6 +776,10 @@ class _Loader:
                     queue = next((s.queue_max_bytes for s in self.vars.sinks if s.name == sink), None)
                     if queue is not None:
                         config["retention.bytes"] = str(max(1, queue // partitions[e.role]))
+                name_pattern = None
+                if e.for_each == "sink_retry_tier":
+                    before, _, after = self.render(e.name, {**env, "tier": "\0"}, f"{what} name").partition("\0")
+                    name_pattern = f"{re.escape(before)}{TIER_LABEL_PATTERN}{re.escape(after)}"
                 specs.append(
                     TopicSpec(
                         role=e.role,
@@ -757,6 +790,7 @@ class _Loader:
                         sink=str(sink) if sink is not None else None,
                         tier=str(tier) if tier is not None else None,
                         partitions_of=e.partitions_of,
+                        name_pattern=name_pattern,
                     )
                 )
         return TopicCatalog(specs, source=self.path)
@@ -1186,7 +1220,9 @@ async def plan_topics(catalog: TopicCatalog, bootstrap_servers: str, **admin_kwa
     try:
         await admin.start()
         live = await admin.live(catalog)
-        return TopicPlan(diff_topics(catalog, live), checked=len(catalog.specs))
+        plan = TopicPlan(diff_topics(catalog, live), checked=len(catalog.specs))
+        plan.orphaned_tiers = await _orphan_counts(catalog, await admin.metadata(), bootstrap_servers, admin_kwargs)
+        return plan
     finally:
         await admin.close()
 
@@ -1236,6 +1272,15 @@ async def apply_topics(catalog: TopicCatalog, bootstrap_servers: str, **admin_kw
         return TopicPlan(changes, checked=len(catalog.specs), applied=True)
     finally:
         await admin.close()
+
+
+async def _orphan_counts(
+    catalog: TopicCatalog, meta: Mapping[str, object], bootstrap_servers: str, admin_kwargs: Mapping[str, Any]
+) -> dict[str, int]:
+    from pipeline.observability.lag import topic_size
+
+    kwargs = {k: v for k, v in admin_kwargs.items() if k != "client_id"}
+    return {topic: await topic_size(bootstrap_servers, topic, **kwargs) for topic in catalog.orphaned_tiers(meta)}
 
 
 async def _visible(admin: _Admin, names: set[str]) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +21,8 @@ class Received:
 
 @dataclass
 class Script:
-    """Responses to give, in order: (status, headers). When exhausted, 200."""
+    """Responses to give, in order: (status, headers). When exhausted, `status_for(events)` of the
+    request's events, or 200 (e.g. a 400 for any batch holding a poison event)."""
 
     responses: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
@@ -29,6 +30,7 @@ class Script:
     delay: float = 0.0  # seconds each request takes
     in_flight: int = 0
     max_in_flight: int = 0
+    status_for: Callable[[list[dict[str, object]]], int] | None = None
 
     def delivered_hashes(self) -> list[str]:
         with self.lock:
@@ -51,8 +53,12 @@ def http_sink_server(script: Script) -> Iterator[str]:
                 with script.lock:
                     script.in_flight -= 1
             with script.lock:
-                status, headers = script.responses.pop(0) if script.responses else (200, {})
-                script.received.append(Received(time.monotonic(), status, json.loads(body), len(body)))
+                events = json.loads(body)
+                if script.responses:
+                    status, headers = script.responses.pop(0)
+                else:
+                    status, headers = (script.status_for(events) if script.status_for else 200), {}
+                script.received.append(Received(time.monotonic(), status, events, len(body)))
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)

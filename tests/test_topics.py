@@ -558,6 +558,7 @@ def _fake_settings(monkeypatch: pytest.MonkeyPatch, vars: TopicVars, bootstrap: 
         client_id="pipeline",
         admin_kwargs=lambda: {"request_timeout_ms": 5000},
         client_kwargs=lambda: {},  # what pipeline.kafka_access's check connects with
+        file_secrets=lambda: [],  # secrets read from mounted files, for the redactor
     )
     settings = types.SimpleNamespace(topic_vars=lambda: vars, kafka=kafka, topics_file=None)
     module = types.ModuleType("pipeline.config")

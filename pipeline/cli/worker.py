@@ -9,6 +9,7 @@ import structlog
 
 from pipeline.cli.common import EX_CONFIG, ConfigOption, fail, settings_or_exit
 from pipeline.config import ConfigError
+from pipeline.delivery.consumer import check_poll_interval
 from pipeline.kafka_access import KafkaAccessError, check_kafka_access
 from pipeline.limits import check_limits
 from pipeline.logging import configure_logging, logging_dict_config
@@ -23,6 +24,8 @@ def worker(config: Path | None = ConfigOption) -> None:
     settings, provenance = settings_or_exit(config, echo_warnings=False)
     try:
         settings.check_runnable()
+        for sink in settings.enabled_sinks():
+            check_poll_interval(sink, settings.kafka)  # max.poll.interval.ms covers one delivery round
     except ConfigError as exc:
         fail(f"config: {exc}", EX_CONFIG)
     configure_logging(settings.log_level, settings.log_format)

@@ -6,69 +6,63 @@ It is plain aiokafka rather than a Faust agent because delivery needs what Faust
 pausing one sink's partitions while its breaker is open, holding a retry-tier partition until its head
 event is due, and committing exactly the offsets whose events are written, in a retry tier or in the DLQ.
 
-The loop, per batch (size- and linger-bound):
-  breaker open      -> pause every partition; events wait in Kafka (the store-and-forward queue)
-  retry tier head not due yet -> seek back, pause that partition until it is due
-  write succeeded   -> commit
-  retryable failure -> if nothing of the batch was written and the breaker is now open (or the sink
-                       sent Retry-After): rewind and wait, no attempt is spent; otherwise each event
-                       moves to its next retry tier, or to the DLQ once its retries are spent; commit
-                       after those produces are acknowledged
-  fatal failure     -> bisect the batch so that only the poison events go to the DLQ
+This module is the loop; the parts are small and each has its own module:
+  consumer.py  the consumer Protocol (a fake drives the unit tests), its settings, the poll interval
+  pausing.py   which partitions are paused and until when (retry-tier holds, breaker gate, sink pauses)
+  writer.py    chunks, permits, rate limits, write timeout, bisection
+  reroute.py   produce failed events to their retry tier or the DLQ (bounded attempts)
+  offsets.py   what may be committed and where to rewind; what was already done in an earlier round
+  routing.py   where a failed event goes and the headers it carries (pure)
+
+One round:
+  sink paused (breaker admits nothing, an unwritable retry tier/DLQ's backoff, a rate limit's debt)
+                    -> poll with every partition paused: events wait in Kafka (the store-and-forward queue)
+  fetch             -> retry-tier records not due yet are sought back and their partition held until due
+  write             -> undecodable records and failures whose routing failed earlier skip the write
+  nothing written, only retryable failures, breaker now open
+                    -> spend no attempt: those events are rewound and wait
+  failures          -> each event to its next retry tier, or to the DLQ (fatal, retries spent, undecodable)
+  commit            -> per partition up to the first event not done; the rest is rewound, and what is done
+                       above it is remembered so it is not written or produced again
+Any exception between the fetch and the commit rewinds the whole round (what is done is skipped when read again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import ConsumerRecord
 
 from pipeline import headers as h
 from pipeline.config import KafkaSettings
+from pipeline.delivery.consumer import DeliveryConsumer, Fetched, Record, open_consumer
 from pipeline.delivery.expiry import ExpiryWatch
-from pipeline.delivery.routing import Attempts, Route, failure_headers, route_failure
+from pipeline.delivery.items import Failure, Item
+from pipeline.delivery.offsets import OffsetBook
+from pipeline.delivery.pausing import Pausing
+from pipeline.delivery.reroute import Rerouter, RouteProducer
+from pipeline.delivery.status import RunnerStatus, short_text
+from pipeline.delivery.writer import Writer
 from pipeline.observability import metrics
+from pipeline.reliability.backoff import Backoff
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
-from pipeline.reliability.ratelimit import TokenBucket
-from pipeline.sinks.base import FatalSinkError, RetryableSinkError, Sink, SinkError, SinkRecord, SinkTimeout
+from pipeline.sinks.base import Sink, SinkError
 from pipeline.sinks.settings import SinkSettings
 from pipeline.topics import TopicCatalog
 
 log = structlog.get_logger("pipeline.deliver")
 
 IDLE_POLL_S = 1.0
-
-
-@dataclass
-class Item:
-    record: ConsumerRecord[bytes, bytes]
-    tp: TopicPartition
-    attempts: Attempts
-    event_hash: str
-
-
-@dataclass
-class Failure:
-    item: Item
-    error: SinkError
-
-
-@dataclass
-class Outcome:
-    written: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    retryable_failure: bool = False
-    success: bool = False
-    retry_after: float | None = None
+OPEN_BACKOFF_CAP_S = 30.0
+FATAL_OPEN_BACKOFF_CAP_S = 300.0
+ROUTE_BACKOFF_CAP_S = 300.0
 
 
 class SinkRunner:
@@ -80,88 +74,117 @@ class SinkRunner:
         catalog: TopicCatalog,
         kafka: KafkaSettings,
         group_id: str,
-        producer: AIOKafkaProducer,
+        producer: RouteProducer,
         breaker: CircuitBreaker,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.sink = sink
         self.settings = settings
         self.name = settings.name
         self.kafka = kafka
         self.group_id = group_id
-        self.producer = producer
         self.breaker = breaker
         self.clock = clock
-        self.rng = rng or random.Random()
+        self.sleep = sleep
         self.main_topic = catalog.sink(self.name).name
         self.tier_topics = [spec.name for spec in catalog.sink_retry(self.name)]
-        self.tier_labels = metrics.tier_labels(catalog.sink_retry(self.name))
         self.dlq_topic = catalog.sink_dlq(self.name).name
-        self.holds: dict[TopicPartition, int] = {}  # retry-tier partition -> due epoch ms of its head
-        self.expiry = ExpiryWatch(self.name)
-        self.lock = asyncio.Lock()
-        self.consumer: AIOKafkaConsumer | None = None
-        self._gate_closed = False
-        self._judged = False
-        self.bandwidth = (
-            TokenBucket(settings.flush_bandwidth_bytes_per_sec) if settings.flush_bandwidth_bytes_per_sec else None
-        )
-        self.event_rate = TokenBucket(settings.max_events_per_sec) if settings.max_events_per_sec else None
+        tier_pattern = catalog.sink_retry_pattern(self.name)
+        tiers = tier_pattern or "|".join(re.escape(t) for t in self.tier_topics) or "(?!)"
+        self._tier_regex = re.compile(tiers)
+        self.pattern = f"^(?:{re.escape(self.main_topic)}|{tiers})$"
         if len(self.tier_topics) != len(settings.retry.tier_delays_ms()):
             raise ValueError(
                 f"sink {self.name}: topics.yaml declares {len(self.tier_topics)} retry tiers but the retry "
                 f"policy has {len(settings.retry.tier_delays_ms())}"
             )
+        self.pausing = Pausing()
+        self.book = OffsetBook()
+        self.expiry = ExpiryWatch(self.name)
+        self.writer = Writer(sink, settings, breaker, sleep=sleep)
+        self.rerouter = Rerouter(
+            settings,
+            producer,
+            tier_topics=self.tier_topics,
+            tier_labels=metrics.tier_labels(catalog.sink_retry(self.name)),
+            dlq_topic=self.dlq_topic,
+            rng=rng or random.Random(),
+            sleep=sleep,
+            clock=clock,
+        )
+        self.status = RunnerStatus(self.name, breaker)
+        self.open_backoff = Backoff(settings.retry, cap_s=OPEN_BACKOFF_CAP_S)
+        route_cap = min(ROUTE_BACKOFF_CAP_S, settings.retry.max_backoff_ms / 1000)
+        self.route_backoff = Backoff(settings.retry, cap_s=route_cap)
+        self.lock = asyncio.Lock()
+        self.consumer: DeliveryConsumer | None = None
+
+    def is_tier(self, topic: str) -> bool:
+        """A retry tier of this sink, of the current retry policy or an earlier one."""
+        return topic in self.tier_topics or bool(self._tier_regex.fullmatch(topic))
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    def reset_positions(self) -> None:
+        """A new consumer starts at the committed offsets: the old one's holds and expected offsets go
+        (what the book remembers as done stays true)."""
+        self.pausing.holds.clear()
+        self.pausing.gate_closed = False
+        self.expiry.expected.clear()
+
     async def run(self) -> None:
-        await self._open_sink()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.kafka.servers,
-            group_id=self.group_id,
-            client_id=f"{self.kafka.client_id}-deliver-{self.name}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.batch_size,
-            max_poll_interval_ms=300_000,
-            session_timeout_ms=self.kafka.session_timeout_ms,
-            heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
-            group_instance_id=self.kafka.member_instance_id(f"deliver-{self.name}"),
-            **self.kafka.client_kwargs(),
+        self.reset_positions()
+        await self.open_sink()
+        consumer = open_consumer(
+            self.settings, self.kafka, group_id=self.group_id, pattern=self.pattern, listener=_Listener(self)
         )
-        consumer.subscribe([self.main_topic, *self.tier_topics], listener=_Listener(self))
         self.consumer = consumer
-        await consumer.start()
-        log.info("delivery started", sink=self.name, group=self.group_id, topics=[self.main_topic, *self.tier_topics])
         try:
+            await consumer.start()
+            log.info("delivery started", sink=self.name, group=self.group_id, topics=self.pattern)
             while True:
                 await self.step()
         finally:
             self.consumer = None
+            self.status.set_open_state("stopped")
             await consumer.stop()
             await self.sink.close()
 
-    async def _open_sink(self) -> None:
-        attempt = 0
+    async def open_sink(self) -> None:
+        """Open the sink, retrying with a growing backoff. A fatal reason (permission denied creating the
+        table) is logged as an error and counted, and retried more slowly: an operator can fix it live."""
         while True:
             await self.breaker.wait_until_allowed()
-            if not self.breaker.allow_request():
+            permit = self.breaker.acquire()
+            if permit is None:
                 continue
-            try:
-                await self.sink.open()
-            except SinkError as exc:
-                self.breaker.record_failure() if exc.retryable else self.breaker.record_ignored()
-                attempt += 1
-                delay = min(30.0, self.settings.retry.base_delay_ms(min(attempt, 20)) / 1000)
-                log.warning("sink open failed", sink=self.name, error=str(exc), attempt=attempt, retry_in_sec=delay)
-                await asyncio.sleep(delay)
-                continue
-            except BaseException:
-                self.breaker.record_ignored()
-                raise
-            self.breaker.record_success()
+            async with permit:
+                try:
+                    await self.sink.open()
+                except SinkError as exc:
+                    fatal = not exc.retryable
+                    permit.ignored() if fatal else permit.failure()
+                    self.open_backoff.cap_s = FATAL_OPEN_BACKOFF_CAP_S if fatal else OPEN_BACKOFF_CAP_S
+                    delay = self.open_backoff.next_delay()
+                    self.status.set_open_state("failed" if fatal else "retrying", exc)
+                    metrics.SINK_OPEN_FAILURES.labels(self.name, "fatal" if fatal else "retryable").inc()
+                    level = log.error if fatal else log.warning
+                    level(
+                        "sink open failed",
+                        sink=self.name,
+                        fatal=fatal,
+                        error_class=type(exc).__name__,
+                        error=short_text(exc),
+                        attempt=self.open_backoff.failures,
+                        retry_in_sec=delay,
+                    )
+                    await self.sleep(delay)
+                    continue
+                permit.success()
+            self.open_backoff.reset()
+            self.status.set_open_state("open")
             return
 
     # -- one round ---------------------------------------------------------------------------------
@@ -169,304 +192,192 @@ class SinkRunner:
     async def step(self) -> None:
         consumer = self.consumer
         assert consumer is not None
-        self._release_due_holds()
-        if not self.breaker.allow_request():
-            self._close_gate()
-            wait = self.breaker.seconds_until_half_open() or IDLE_POLL_S
-            returned = await consumer.getmany(timeout_ms=int(min(wait, IDLE_POLL_S) * 1000))
-            self._fetched(returned)
-            self._rewind_records(returned)
+        now = self.clock()
+        throttle = self.writer.throttle_wait()
+        if throttle > 0:
+            self.pausing.pause_sink(now + throttle, "rate limit")
+        if self.pausing.set_gate(not self.breaker.available()):
+            state = self.breaker.state.value
+            message = "breaker open; pausing delivery" if self.pausing.gate_closed else "resuming delivery"
+            log.info(message, sink=self.name, state=state)
+        self.pausing.apply(consumer, now)
+        if self.pausing.sink_paused(now):
+            await self._idle(consumer, now)
             return
-        batch: list[Item] = []
-        self._judged = False
+        fetched: list[Item] = []
         try:
-            self._open_gate()
-            batch = await self._collect()
-            if batch:
+            await self._collect(consumer, fetched)
+            if fetched:
                 async with self.lock:
-                    await self._deliver(batch)
+                    await self._deliver(consumer, fetched)
         except Exception:
-            # Producing to a retry tier or the DLQ failed, or something unforeseen: commit nothing,
-            # put the batch back and try again; the worker keeps running.
-            log.exception("delivery round failed; the batch stays in Kafka", sink=self.name, events=len(batch))
-            if batch and self.consumer is not None:
-                self._rewind(batch)
-            await asyncio.sleep(IDLE_POLL_S)
-        finally:
-            if not self._judged:  # every allowed request ends with exactly one record_* call
-                self.breaker.record_ignored()
+            # Something unforeseen (a fetch error, a bug): commit nothing more, read again what is not done.
+            log.exception("delivery round failed; its events stay in Kafka", sink=self.name, events=len(fetched))
+            self._rewind(consumer, self.book.everything(fetched))
+            await self.sleep(IDLE_POLL_S)
 
-    async def _collect(self) -> list[Item]:
-        consumer = self.consumer
-        assert consumer is not None
-        batch: list[Item] = []
+    async def _idle(self, consumer: DeliveryConsumer, now: float) -> None:
+        """Poll with everything paused (keeps the consumer in its group); put back anything returned."""
+        if self.pausing.gate_closed:
+            wait = self.breaker.seconds_until_half_open() or IDLE_POLL_S
+        else:
+            wait = self.pausing.idle_timeout(now, IDLE_POLL_S)
+        returned = await consumer.getmany(timeout_ms=_poll_ms(min(wait, IDLE_POLL_S)))
+        self._fetched(returned)
+        self._rewind(consumer, {tp: records[0].offset for tp, records in returned.items() if records})
+
+    async def _collect(self, consumer: DeliveryConsumer, fetched: list[Item]) -> None:
+        """Fetch up to one round's events into `fetched` (kept there even if a later call raises)."""
         deadline: float | None = None
-        limit = self.settings.batch_size * self._concurrency()
-        while len(batch) < limit:
+        limit = self.settings.batch_size * self.writer.concurrency()
+        while len(fetched) < limit:
             if deadline is None:
-                timeout = self._idle_timeout()
+                timeout = self.pausing.idle_timeout(self.clock(), IDLE_POLL_S)
             else:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
-            data = await consumer.getmany(timeout_ms=max(0, int(timeout * 1000)), max_records=limit - len(batch))
+            data = await consumer.getmany(timeout_ms=_poll_ms(timeout), max_records=limit - len(fetched))
             if not data:
                 break
+            for tp, records in data.items():
+                fetched.extend(Item.of(tp, r) for r in records)
             self._fetched(data)
             for tp, records in data.items():
-                if tp.topic in self.tier_topics:
-                    records = self._hold_not_due(tp, records)
-                batch.extend(self._item(tp, r) for r in records)
-            if deadline is None and batch:
+                if records and self.is_tier(tp.topic):
+                    held_from = self._hold_not_due(consumer, tp, records)
+                    if held_from is not None:
+                        fetched[:] = [i for i in fetched if i.tp != tp or i.offset < held_from]
+            if deadline is None and fetched:
                 deadline = time.monotonic() + self.settings.linger_ms / 1000
-        return batch
 
-    def _fetched(self, data: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    def _fetched(self, data: Fetched) -> None:
         for tp, records in data.items():
             if records:
                 self.expiry.read(tp, records[0].offset, records[-1].offset)
 
-    def _seek(self, tp: TopicPartition, offset: int) -> None:
-        assert self.consumer is not None
-        self.consumer.seek(tp, offset)
-        self.expiry.moved(tp, offset)
-
-    def _item(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> Item:
-        headers = list(record.headers or ())
-        key = record.key.decode() if record.key else (h.header_value(headers, h.EVENT_HASH) or "")
-        return Item(record=record, tp=tp, attempts=Attempts.from_headers(headers), event_hash=key)
-
-    # -- delivering --------------------------------------------------------------------------------
-
-    async def _deliver(self, batch: list[Item]) -> None:
-        """Write, tell the breaker how the sink did, route the failures, commit."""
-        outcome = Outcome()
-        await self._write_concurrently(batch, outcome)
-        if outcome.retryable_failure:
-            self.breaker.record_failure()
-        elif outcome.success:
-            self.breaker.record_success()
-        else:
-            self.breaker.record_ignored()
-        self._judged = True
-        if outcome.retry_after:
-            self.breaker.trip(f"sink asked to wait {outcome.retry_after:.1f}s", for_seconds=outcome.retry_after)
-        nothing_done = outcome.written == 0 and all(f.error.retryable for f in outcome.failures)
-        if outcome.failures and nothing_done and self.breaker.state is BreakerState.OPEN:
-            # The sink is down or asked us to back off: spend no attempts; the events wait in Kafka.
-            self._rewind(batch)
-            first = outcome.failures[0].error
-            log.warning(
-                "sink unavailable; batch left in Kafka",
-                sink=self.name,
-                events=len(batch),
-                error_class=type(first).__name__,
-                error=str(first),
-                retry_after=outcome.retry_after,
-            )
-            return
-        if outcome.failures:
-            await self._route(outcome.failures, outcome.retry_after)
-        await self._commit(batch)
-
-    def _concurrency(self) -> int:
-        """Requests in flight at once: the sink's cap while closed, a single probe otherwise."""
-        if self.breaker.state is BreakerState.CLOSED:
-            return self.settings.max_concurrent_requests
-        return 1
-
-    async def _write_concurrently(self, batch: list[Item], outcome: Outcome) -> None:
-        """Write the collected events as batch_size chunks, at most max_concurrent_requests at once.
-        The chunks are judged, routed and committed together, so the commit order is unaffected."""
-        size = self.settings.batch_size
-        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
-        if len(chunks) == 1:
-            await self._write(chunks[0], outcome)
-            return
-        await asyncio.gather(*(self._write(chunk, outcome) for chunk in chunks))
-
-    async def _write(self, items: list[Item], outcome: Outcome) -> None:
-        records = [SinkRecord(event_hash=i.event_hash, body=i.record.value or b"") for i in items]
-        if self.bandwidth is not None:
-            await self.bandwidth.acquire(self.sink.wire_size(records))
-        if self.event_rate is not None:
-            await self.event_rate.acquire(len(records))
-        started = time.monotonic()
-        try:
-            written = await asyncio.wait_for(self.sink.write(records), self.settings.retry.timeout_ms / 1000)
-        except TimeoutError:
-            self._fail(items, SinkTimeout(f"write of {len(items)} events took longer than timeout_ms"), outcome)
-            return
-        except FatalSinkError as exc:
-            if len(items) == 1:
-                self._fail(items, exc, outcome)
-                return
-            middle = len(items) // 2
-            await self._write(items[:middle], outcome)
-            await self._write(items[middle:], outcome)
-            return
-        except SinkError as exc:
-            self._fail(items, exc, outcome)
-            return
-        except Exception as exc:  # a bug or an unclassified error: never lose the events over it
-            self._fail(items, RetryableSinkError(f"{type(exc).__name__}: {exc}"), outcome)
-            log.exception("unclassified sink error", sink=self.name)
-            return
-        outcome.success = True
-        outcome.written += len(items)
-        metrics.SINK_WRITE_SECONDS.labels(self.name).observe(time.monotonic() - started)
-        metrics.SINK_BATCH_SIZE.labels(self.name).observe(len(items))
-        metrics.SINK_WRITTEN.labels(self.name).inc(written)
-
-    def _fail(self, items: list[Item], error: SinkError, outcome: Outcome) -> None:
-        metrics.SINK_ERRORS.labels(self.name, type(error).__name__).inc()
-        if isinstance(error, SinkTimeout):
-            metrics.SINK_TIMEOUTS.labels(self.name).inc()
-        if error.retryable:
-            outcome.retryable_failure = True
-            if error.retry_after is not None:
-                outcome.retry_after = max(outcome.retry_after or 0.0, error.retry_after)
-        outcome.failures.extend(Failure(item, error) for item in items)
-
-    async def _route(self, failures: list[Failure], retry_after: float | None) -> None:
-        now = datetime.now(UTC)
-        now_ms = int(now.timestamp() * 1000)
-        futures = []
-        counts: dict[str, int] = {}
-        for failure in failures:
-            item = failure.item
-            route = route_failure(
-                self.settings.retry,
-                item.attempts,
-                fatal=not failure.error.retryable,
-                now_ms=now_ms,
-                retry_after_s=retry_after,
-                rng=self.rng,
-            )
-            topic = self.tier_topics[route.tier] if route.kind == "retry" and route.tier is not None else self.dlq_topic
-            headers = failure_headers(
-                list(item.record.headers or ()),
-                sink=self.name,
-                event_hash=item.event_hash,
-                topic=item.tp.topic,
-                partition=item.tp.partition,
-                offset=item.record.offset,
-                attempts=item.attempts,
-                error=failure.error,
-                route=route,
-                now=now,
-            )
-            futures.append(
-                await self.producer.send(topic, value=item.record.value, key=item.record.key, headers=headers)
-            )
-            label = _route_label(route)
-            counts[label] = counts.get(label, 0) + 1
-            if route.kind == "retry":
-                metrics.SINK_RETRIES.labels(self.name, self.tier_labels[route.tier or 0]).inc()
-            else:
-                metrics.SINK_DLQ.labels(self.name, route.reason or "").inc()
-        await asyncio.gather(*futures)
-        first = failures[0].error
-        level = log.error if any(k.startswith("dlq") for k in counts) else log.warning
-        item = failures[0].item
-        level(
-            "delivery failed",
-            sink=self.name,
-            routed=counts,
-            error_class=type(first).__name__,
-            error=str(first),
-            topic=item.tp.topic,
-            partition=item.tp.partition,
-            offset=item.record.offset,
-            event_hash=item.event_hash,
-        )
-
-    async def _commit(self, batch: list[Item]) -> None:
-        consumer = self.consumer
-        assert consumer is not None
-        offsets: dict[TopicPartition, int] = {}
-        for item in batch:
-            offsets[item.tp] = max(offsets.get(item.tp, 0), item.record.offset + 1)
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # Delivered again (the sink write is idempotent): by this consumer for the partitions it still
-            # has, so their commit does not wait for new traffic, by the new owner for the others.
-            log.warning("commit failed; events will be delivered again", sink=self.name, error=str(exc))
-            self._rewind(batch)
-
-    # -- pausing and holding -----------------------------------------------------------------------
-
-    def _hold_not_due(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> list[Any]:
+    def _hold_not_due(self, consumer: DeliveryConsumer, tp: TopicPartition, records: list[Record]) -> int | None:
+        """Seek back to the first record not due yet and hold its partition until then; its offset."""
         now_ms = int(self.clock() * 1000)
-        for index, record in enumerate(records):
+        for record in records:
             raw = h.header_value(list(record.headers or ()), h.DUE_MS)
             try:
                 due = int(raw) if raw else 0
             except ValueError:
                 due = 0
             if due > now_ms:
-                assert self.consumer is not None
-                self._seek(tp, record.offset)
-                self.consumer.pause(tp)
-                self.holds[tp] = due
-                return records[:index]
-        return records
+                self._seek(consumer, tp, record.offset)
+                self.pausing.hold(tp, due / 1000)
+                consumer.pause(tp)
+                held: int = record.offset
+                return held
+        return None
 
-    def _release_due_holds(self) -> None:
-        if not self.holds or self.consumer is None:
+    # -- delivering --------------------------------------------------------------------------------
+
+    async def _deliver(self, consumer: DeliveryConsumer, fetched: list[Item]) -> None:
+        """Write, route the failures, commit what is done, rewind the rest."""
+        failures: list[Failure] = []
+        to_write: list[Item] = []
+        for item in fetched:
+            if self.book.is_done(item):
+                continue
+            earlier = self.book.unrouted(item)
+            if earlier is not None:
+                failures.append(Failure(item, earlier))
+            elif item.undecodable is not None:
+                failures.append(Failure(item, item.undecodable))
+            else:
+                to_write.append(item)
+        result = await self.writer.write(to_write)
+        self.book.mark_done(result.written)
+        if result.retry_after:
+            self.breaker.trip(f"sink asked to wait {result.retry_after:.1f}s", for_seconds=result.retry_after)
+        written_failures = result.failures
+        if written_failures and result.retryable_only and self.breaker.state is BreakerState.OPEN:
+            # The sink is down or asked us to back off: spend no attempts; the events wait in Kafka.
+            first = written_failures[0].error
+            log.warning(
+                "sink unavailable; batch left in Kafka",
+                sink=self.name,
+                events=len(written_failures),
+                error_class=type(first).__name__,
+                error=str(first),
+                retry_after=result.retry_after,
+            )
+            written_failures = []
+        failures.extend(written_failures)
+        if failures:
+            await self._route(failures, result.retry_after)
+        await self._commit(consumer, fetched)
+
+    async def _route(self, failures: list[Failure], retry_after: float | None) -> None:
+        routed, unrouted, error = await self.rerouter.route(failures, retry_after)
+        self.book.mark_done(routed)
+        if not unrouted:
+            self.route_backoff.reset()
+            self.status.route_blocked_until = None
             return
-        now_ms = int(self.clock() * 1000)
-        assigned = self.consumer.assignment()
-        for tp, due in list(self.holds.items()):
-            if tp not in assigned:
-                del self.holds[tp]
-            elif due <= now_ms:
-                del self.holds[tp]
-                if not self._gate_closed:
-                    self.consumer.resume(tp)
+        for failure in unrouted:
+            self.book.mark_unrouted(failure.item, failure.error)
+        delay = self.route_backoff.next_delay()
+        until = self.clock() + delay
+        self.pausing.pause_sink(until, "a retry tier or the DLQ cannot be written")
+        metrics.SINK_ROUTE_BLOCKED.labels(self.name).inc()
+        self.status.route_blocked_until = until
+        self.status.last_route_error = short_text(error) if error is not None else None
+        log.error(
+            "retry tier or DLQ cannot be written; delivery paused, the events stay in Kafka",
+            sink=self.name,
+            events=len(unrouted),
+            error_class=type(error).__name__ if error is not None else None,
+            error=short_text(error) if error is not None else None,
+            retry_in_sec=delay,
+        )
 
-    def _idle_timeout(self) -> float:
-        if not self.holds:
-            return IDLE_POLL_S
-        next_due = min(self.holds.values()) / 1000 - self.clock()
-        return max(0.0, min(IDLE_POLL_S, next_due))
-
-    def _close_gate(self) -> None:
-        assert self.consumer is not None
-        if not self._gate_closed:
-            log.info("breaker open; pausing delivery", sink=self.name, state=self.breaker.state.value)
-        self._gate_closed = True
-        self.consumer.pause(*self.consumer.assignment())
-
-    def _open_gate(self) -> None:
-        assert self.consumer is not None
-        if self._gate_closed:
-            log.info("resuming delivery", sink=self.name, state=self.breaker.state.value)
-        self._gate_closed = False
-        paused = self.consumer.paused()
-        resume = [tp for tp in paused if tp not in self.holds]
-        if resume:
-            self.consumer.resume(*resume)
-
-    def _rewind(self, batch: list[Item]) -> None:
-        consumer = self.consumer
-        assert consumer is not None
-        first: dict[TopicPartition, int] = {}
-        for item in batch:
-            first[item.tp] = min(first.get(item.tp, item.record.offset), item.record.offset)
+    async def _commit(self, consumer: DeliveryConsumer, fetched: list[Item]) -> None:
         assigned = consumer.assignment()
-        for tp, offset in first.items():
+        commits = {tp: offset for tp, offset in self.book.commits(fetched).items() if tp in assigned}
+        rewinds = self.book.rewinds(fetched)
+        if commits:
+            try:
+                await consumer.commit(commits)
+            except (CommitFailedError, KafkaError) as exc:
+                # Read again (what is done is remembered, not written again): by this consumer for the
+                # partitions it still has, so their commit does not wait for new traffic, by the new owner
+                # for the others.
+                log.warning("commit failed; events will be read again", sink=self.name, error=str(exc))
+                rewinds = {**self.book.everything(fetched), **rewinds}
+            else:
+                self.book.committed(commits)
+        self._rewind(consumer, rewinds)
+
+    # -- positions ---------------------------------------------------------------------------------
+
+    def _seek(self, consumer: DeliveryConsumer, tp: TopicPartition, offset: int) -> None:
+        consumer.seek(tp, offset)
+        self.expiry.moved(tp, offset)
+
+    def _rewind(self, consumer: DeliveryConsumer, offsets: Mapping[TopicPartition, int]) -> None:
+        """Seek back; a partition no longer assigned is read by its new owner from its commit. A seek
+        that fails raises out of the runner: it restarts from the committed offsets."""
+        assigned = consumer.assignment()
+        for tp, offset in offsets.items():
             if tp in assigned:
-                self._seek(tp, offset)
+                self._seek(consumer, tp, offset)
 
-    def _rewind_records(self, data: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        if data:
-            self._rewind([self._item(tp, r) for tp, records in data.items() for r in records])
+    def forget(self, tps: set[TopicPartition]) -> None:
+        """Partitions revoked: their holds, memory and expected offsets go with them."""
+        self.pausing.forget(tps)
+        self.book.forget(tps)
+        for tp in tps:
+            self.expiry.moved(tp, None)
 
 
-def _route_label(route: Route) -> str:
-    return f"retry.{route.tier}" if route.kind == "retry" else f"dlq.{route.reason}"
+def _poll_ms(seconds: float) -> int:
+    """A poll's timeout in whole milliseconds, rounded up: a wait of a fraction of a millisecond until a
+    hold ends must not become a poll that returns at once, round after round."""
+    return max(0, math.ceil(seconds * 1000))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -476,9 +387,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Let the batch in hand finish (written, routed and committed) before the partitions move.
         async with self.runner.lock:
-            for tp in revoked:
-                self.runner.holds.pop(tp, None)
-                self.runner.expiry.moved(tp, None)
+            self.runner.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self.runner.consumer

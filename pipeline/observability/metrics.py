@@ -60,6 +60,24 @@ CIRCUIT_STATE = Gauge(
     "mship_sink_circuit_state", "Circuit breaker state (0=closed, 1=open, 2=half-open)", ["sink"], registry=REGISTRY
 )
 CIRCUIT_OPENS = Counter("mship_sink_circuit_open_total", "Times a sink's breaker opened", ["sink"], registry=REGISTRY)
+SINK_ROUTE_BLOCKED = Counter(
+    "pipeline_sink_route_blocked_total",
+    "Delivery rounds whose retry-tier or DLQ produce failed after its bounded attempts (the sink then pauses)",
+    ["sink"],
+    registry=REGISTRY,
+)
+SINK_OPEN_FAILURES = Counter(
+    "pipeline_sink_open_failures_total",
+    "Failed attempts to open a sink, by kind (retryable or fatal, e.g. permission denied)",
+    ["sink", "kind"],
+    registry=REGISTRY,
+)
+RUNNER_CRASHES = Counter(
+    "pipeline_delivery_runner_crashes_total",
+    "Delivery runners that crashed on an unexpected error and were restarted",
+    ["sink"],
+    registry=REGISTRY,
+)
 
 SINK_BATCH_SIZE = Histogram(
     "pipeline_sink_batch_size",
@@ -145,7 +163,7 @@ def tier_labels(retry_topics: Iterable[TopicSpec]) -> list[str]:
 
 def init_sink(sink: str, tiers: Sequence[str]) -> None:
     """Create a sink's series at 0, so that rate() and the alert rules see them before the first event."""
-    for counter in (SINK_WRITTEN, SINK_EXPIRED, SINK_TIMEOUTS, CIRCUIT_OPENS):
+    for counter in (SINK_WRITTEN, SINK_EXPIRED, SINK_TIMEOUTS, CIRCUIT_OPENS, SINK_ROUTE_BLOCKED, RUNNER_CRASHES):
         counter.labels(sink)
     for tier in tiers:
         SINK_RETRIES.labels(sink, tier)

@@ -7,9 +7,12 @@ States and edges (seeds 000/001/003; gauge `mship_sink_circuit_state`: 0 closed,
     HALF_OPEN --success_threshold probe successes---------------------------------------->  CLOSED
     HALF_OPEN --any probe failure (or trip())--------------------------------------------->  OPEN
 
-Usage: every request that `allow_request()` lets through is ended by exactly one of `record_success()`,
-`record_failure()` (a retryable sink failure) or `record_ignored()` (ended without judging the sink: a poison
-event, a fatal data error, cancellation). While half-open at most `half_open_max_inflight` probes are out.
+Usage: `acquire()` hands out a `Permit` (or None when no request may go now); every permit is ended by
+exactly one of `permit.success()`, `permit.failure()` (a retryable sink failure) or `permit.ignored()` (ended
+without judging the sink: a poison event, a fatal data error, cancellation); `async with permit:` ends it as
+ignored if the block ends without a verdict. While half-open at most `half_open_max_inflight` probes are out.
+One permit is one request, so the failure-rate window counts requests. (The lower-level `allow_request()` and
+`record_*()` calls do the same bookkeeping without the once-only guard.)
 
 The record_* calls carry no token, so when a request admitted before the breaker opened (a "stale" request)
 is still out while half-open, a result cannot be told apart from a probe's. The breaker frees the stale
@@ -39,7 +42,7 @@ import structlog
 
 from pipeline.reliability.policies import BreakerPolicy
 
-__all__ = ["LEGAL_TRANSITIONS", "BreakerState", "CircuitBreaker", "Forced", "TransitionHook"]
+__all__ = ["LEGAL_TRANSITIONS", "BreakerState", "CircuitBreaker", "Forced", "Permit", "TransitionHook"]
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +132,14 @@ class CircuitBreaker:
         return max(0.0, self._open_until - self._clock())
 
     # -- requests ----------------------------------------------------------------------------------
+
+    def acquire(self) -> Permit | None:
+        """A permit for one request, or None when none may go now (open, or every probe slot taken)."""
+        return Permit(self) if self.allow_request() else None
+
+    def available(self) -> bool:
+        """Whether a request would be allowed now; reserves nothing."""
+        return self._would_allow()
 
     def allow_request(self) -> bool:
         """Whether a request may go to the sink now. True reserves a place (a probe slot when half-open):
@@ -358,3 +369,39 @@ class CircuitBreaker:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+class Permit:
+    """One admitted request: end it with exactly one of success(), failure() or ignored(); later calls
+    do nothing. Used as an async context manager, a permit still open at the end of the block (an
+    exception, a cancellation) is ended as ignored."""
+
+    __slots__ = ("_breaker", "ended")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self.ended = False
+
+    def _end(self) -> bool:
+        if self.ended:
+            return False
+        self.ended = True
+        return True
+
+    def success(self) -> None:
+        if self._end():
+            self._breaker.record_success()
+
+    def failure(self) -> None:
+        if self._end():
+            self._breaker.record_failure()
+
+    def ignored(self) -> None:
+        if self._end():
+            self._breaker.record_ignored()
+
+    async def __aenter__(self) -> Permit:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.ignored()

@@ -1,8 +1,8 @@
 """Token buckets: per-sink flow control (bytes and events per second) and per-client request limits
 (POST /ingest).
 
-Debt-based: `acquire(n)` may take more than the bucket holds (a batch larger than one second of
-bandwidth); the caller then waits until the debt is paid at `rate`. The bucket starts empty, so the
+Debt-based: `acquire(n)` (or `charge(n)`, pay-after) may take more than the bucket holds (a batch larger
+than one second of bandwidth); the caller then waits until the debt is paid at `rate`. The bucket starts empty, so the
 rate over any window never exceeds `rate` by more than one `capacity` (one second of traffic).
 """
 
@@ -37,6 +37,16 @@ class TokenBucket:
         self._refill()
         self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def wait_time(self) -> float:
+        """Seconds until the debt is paid (0.0 when there is none); takes nothing."""
+        self._refill()
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def charge(self, amount: float) -> None:
+        """Take `amount` tokens now, going into debt if needed (pay-after: the next user waits)."""
+        self._refill()
+        self._tokens -= amount
 
     async def acquire(self, amount: float) -> None:
         async with self._lock:  # one waiter at a time keeps the order fair

@@ -20,7 +20,11 @@ class SinkSettings(BaseModel):
     )
     max_events_per_sec: float | None = Field(None, gt=0, description="event rate limit of writes")
     max_concurrent_requests: int = Field(
-        1, ge=1, le=64, description="writes to this sink in flight at once per worker (one while half-open)"
+        1,
+        ge=1,
+        le=64,
+        description="writes to this sink in flight at once per worker (batch_size events each); while the "
+        "breaker is half-open, at most circuit_breaker.half_open_max_inflight of them",
     )
     retry_preset: str | None = Field(None, description="conservative | aggressive | patient")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
