@@ -13,12 +13,14 @@ from typing import Any
 import structlog
 from faust.types import StreamT
 
-from agents.acks import manual_acks, produced_then_acked
 from agents.app import Pipeline
+from agents.consumer import Batch, GaplessConsumer, Pipelined, changelog_record, event_context, store_of
 from pipeline.dedupe import Decision, Seen, decide, is_expired
 from pipeline.events import Rejection
 from pipeline.ingest import Origin, dead_letter
+from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
+from pipeline.produce import BatchProducer, Record
 
 log = structlog.get_logger("pipeline.dedupe")
 
@@ -27,8 +29,14 @@ def register(pipeline: Pipeline) -> None:
     app, catalog, settings = pipeline.app, pipeline.catalog, pipeline.settings
     window_ms = settings.idempotency_window_sec * 1000
     source = pipeline.topic(catalog.by_hash)
-    outputs = [pipeline.topic(catalog.sink(sink.name)) for sink in settings.enabled_sinks()]
-    dlq = pipeline.topic(catalog.ingest_dlq)
+    # Sink topics with the by-hash topic's partition count get each event on the same partition number
+    # (both are the default partitioner's choice for the hash), without hashing the key again.
+    outputs = [
+        (spec.name, spec.partitions == catalog.by_hash.partitions)
+        for spec in (catalog.sink(sink.name) for sink in settings.enabled_sinks())
+    ]
+    dlq = catalog.ingest_dlq.name
+    max_record_bytes = producer_request_bytes(catalog)
     table = app.Table(
         "dedupe",
         default=None,
@@ -45,41 +53,62 @@ def register(pipeline: Pipeline) -> None:
         )
 
     async def dedupe(stream: StreamT[Any]) -> None:
-        manual = manual_acks(stream)
-        batcher = produced_then_acked(manual, max_size=settings.ingest_batch_size, name="dedupe")
-        async with batcher.running():
-            async for event in manual.events():
-                message = event.message
-                key = message.key
-                table_key = _table_key(key)
-                if table_key is None:  # not written by ingest (a replay or import tool): dead-letter it
-                    why = Rejection("unprocessable", "a by-hash record's key must be the event hash (UTF-8 text)")
-                    origin = Origin(message.topic, message.partition, message.offset)
-                    routed = dead_letter(key, message.value, message.headers, origin, why)
-                    log.warning("by-hash record without a valid key", **vars(origin))
-                    future = await dlq.send(key=routed.key, value=routed.value, headers=routed.headers)
-                    await batcher.add((event, [future]))
-                    continue
-                decision = decide(
-                    Seen.from_json(table.get(table_key)),
-                    now_ms=int(time.time() * 1000),
-                    window_ms=window_ms,
-                    partition=message.partition,
-                    offset=message.offset,
-                )
-                if decision is Decision.DUPLICATE:
-                    metrics.DUPLICATES.inc()
-                    await batcher.add((event, []))
-                    continue
-                futures = [await topic.send(key=key, value=message.value, headers=message.headers) for topic in outputs]
-                if decision is Decision.FORWARD:
-                    # Written after the sends are queued; a redelivery of this same record is recognised
-                    # by its partition and offset and forwarded again (see pipeline.dedupe).
-                    table[table_key] = Seen(int(time.time() * 1000), message.partition, message.offset).to_json()
-                    metrics.FORWARDED.inc()
-                else:
-                    metrics.REDELIVERED.inc()
-                await batcher.add((event, futures))
+        consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
+        producer = BatchProducer(
+            settings.kafka, client_id=f"{settings.kafka.client_id}-dedupe", max_request_size=max_record_bytes
+        )
+        store = store_of(table)
+        async with producer, Pipelined(stream) as pipe:
+            async for batch in pipe.batches():
+                with event_context(app, consumer, batch.tp, batch.records[0]):
+                    out = decide_batch(store, batch)
+                await pipe.send(batch, producer.send(out))
+
+    def decide_batch(store: Any, batch: Batch) -> list[Record]:
+        """The records `batch` causes: fan-out of what is new (and its table entry on the changelog), nothing
+        for a duplicate, a dead letter for a record that is not the pipeline's. Table reads and writes are
+        local (the changelog record goes out with the batch and is acknowledged with it)."""
+        partition = batch.tp.partition
+        out: list[Record] = []
+        forwarded = redelivered = duplicates = 0
+        now_ms = int(time.time() * 1000)
+        for message in batch.records:
+            key = message.key
+            table_key = _table_key(key)
+            if table_key is None:  # not written by ingest (a replay or import tool): dead-letter it
+                why = Rejection("unprocessable", "a by-hash record's key must be the event hash (UTF-8 text)")
+                origin = Origin(message.topic, message.partition, message.offset)
+                routed = dead_letter(key, message.value, message.headers, origin, why)
+                log.warning("by-hash record without a valid key", **vars(origin))
+                out.append(Record(dlq, routed.key, routed.value, routed.headers))
+                continue
+            decision = decide(
+                Seen.from_json(store.get(table_key)),
+                now_ms=now_ms,
+                window_ms=window_ms,
+                partition=message.partition,
+                offset=message.offset,
+            )
+            if decision is Decision.DUPLICATE:
+                duplicates += 1
+                continue
+            headers = list(message.headers or ())
+            for topic, same_partitions in outputs:
+                out.append(Record(topic, key, message.value, headers, partition if same_partitions else None))
+            if decision is Decision.FORWARD:
+                # A redelivery of this same record is recognised by its partition and offset and forwarded
+                # again (see pipeline.dedupe).
+                entry = Seen(now_ms, message.partition, message.offset).to_json()
+                store[table_key] = entry
+                raw_key, raw_value = changelog_record(table, table_key, entry)
+                out.append(Record(changelog, raw_key, raw_value, (), partition))
+                forwarded += 1
+            else:
+                redelivered += 1
+        metrics.DUPLICATES.inc(duplicates)
+        metrics.FORWARDED.inc(forwarded)
+        metrics.REDELIVERED.inc(redelivered)
+        return out
 
     app.agent(source, name="dedupe", concurrency=1)(dedupe)
 

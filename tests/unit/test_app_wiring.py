@@ -92,3 +92,52 @@ async def test_the_app_consumer_commits_only_over_acked_offsets(pipeline: Pipeli
     consumer._acked_index[tp].add(10)
     assert consumer._new_offset(tp) == 13
     assert consumer._acked[tp] == [] and consumer._acked_index[tp] == set()
+
+
+def test_the_faust_internals_of_the_batch_fetch_loop_are_still_there() -> None:
+    """agents/consumer.py replaces Consumer._drain_messages and reads these internals (faust-streaming 0.15)."""
+    from faust.streams import _current_event, current_event
+    from faust.tables.recovery import Recovery
+    from faust.transport.consumer import Consumer as BaseConsumer
+
+    drain = inspect.getsource(BaseConsumer._drain_messages)
+    # The loop it replaces: if Faust stops dropping the in-flight message on a flow stop, re-check ours.
+    assert "self.wait_first(" in drain and "self.suspend_flow.wait()" in drain and "set_read_offset(tp, offset)" in drain
+    assert list(inspect.signature(BaseConsumer._wait_next_records).parameters) == ["self", "timeout"]
+    assert list(inspect.signature(AIOKafkaFaustConsumer._to_message).parameters) == ["self", "tp", "record"]
+    assert list(inspect.signature(AIOKafkaFaustConsumer._add_gap).parameters) == ["self", "tp", "offset_from", "offset_to"]
+    assert list(inspect.signature(AIOKafkaConsumerThread.seek).parameters) == ["self", "partition", "offset"]
+    init = inspect.getsource(BaseConsumer.__init__) + inspect.getsource(BaseConsumer._reset_state)
+    for attribute in ("_read_offset", "_committed_offset", "_acked", "_acked_index", "_unacked_messages"):
+        assert f"self.{attribute}" in init, attribute
+    assert "_buffered_partitions" in inspect.getsource(BaseConsumer.getmany)
+    assert "consumer_stopped_errors" in drain
+    assert "current_event" in inspect.getsource(current_event) and _current_event.name == "current_event"
+    assert "self.completed" in inspect.getsource(Recovery._resume_streams)
+    assert "perform_seek" in inspect.getsource(Recovery._resume_streams)
+
+
+async def test_changelog_records_and_table_writes_match_fausts(pipeline: Pipeline) -> None:
+    from agents.consumer import changelog_record, event_context, store_of
+    from aiokafka.structs import ConsumerRecord
+
+    table: Any = pipeline.app.tables["dedupe"]
+    key, value = "ab" * 32, {"t": 1, "p": 2, "o": 3}
+    raw_key, raw_value = changelog_record(table, key, value)
+    # What Faust's own Table.__setitem__ sends (send_changelog -> Topic.prepare_key/prepare_value -> JSON codec).
+    assert raw_key == b'"' + key.encode() + b'"'
+    assert raw_value is not None and __import__("json").loads(raw_value) == value
+    consumer: Any = pipeline.app.consumer
+    tp = TP(pipeline.catalog.by_hash.name, 2)
+    record = ConsumerRecord(tp.topic, 2, 7, 0, 0, b"k", b"v", None, 1, 1, [])
+    store = store_of(table)
+    with event_context(pipeline.app, consumer, tp, record):
+        from faust.streams import current_event
+
+        event = current_event()
+        assert event is not None and event.message.partition == 2 and event.message.topic == tp.topic
+        assert table.partition_for_key(key) == 2
+        store[key] = value
+        assert store.get(key) == value
+    assert current_event() is None
+    assert 2 in store._dbs  # the write went to partition 2's RocksDB
