@@ -102,10 +102,12 @@ def test_the_faust_internals_of_the_batch_fetch_loop_are_still_there() -> None:
 
     drain = inspect.getsource(BaseConsumer._drain_messages)
     # The loop it replaces: if Faust stops dropping the in-flight message on a flow stop, re-check ours.
-    assert "self.wait_first(" in drain and "self.suspend_flow.wait()" in drain and "set_read_offset(tp, offset)" in drain
+    assert "self.wait_first(" in drain and "self.suspend_flow.wait()" in drain
+    assert "set_read_offset(tp, offset)" in drain
     assert list(inspect.signature(BaseConsumer._wait_next_records).parameters) == ["self", "timeout"]
     assert list(inspect.signature(AIOKafkaFaustConsumer._to_message).parameters) == ["self", "tp", "record"]
-    assert list(inspect.signature(AIOKafkaFaustConsumer._add_gap).parameters) == ["self", "tp", "offset_from", "offset_to"]
+    add_gap = inspect.signature(AIOKafkaFaustConsumer._add_gap)
+    assert list(add_gap.parameters) == ["self", "tp", "offset_from", "offset_to"]
     assert list(inspect.signature(AIOKafkaConsumerThread.seek).parameters) == ["self", "partition", "offset"]
     init = inspect.getsource(BaseConsumer.__init__) + inspect.getsource(BaseConsumer._reset_state)
     for attribute in ("_read_offset", "_committed_offset", "_acked", "_acked_index", "_unacked_messages"):
@@ -118,8 +120,9 @@ def test_the_faust_internals_of_the_batch_fetch_loop_are_still_there() -> None:
 
 
 async def test_changelog_records_and_table_writes_match_fausts(pipeline: Pipeline) -> None:
-    from agents.consumer import changelog_record, event_context, store_of
     from aiokafka.structs import ConsumerRecord
+
+    from agents.consumer import changelog_record, event_context, store_of
 
     table: Any = pipeline.app.tables["dedupe"]
     key, value = "ab" * 32, {"t": 1, "p": 2, "o": 3}
