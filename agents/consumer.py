@@ -18,7 +18,10 @@ tests/unit/test_app_wiring.py fail when they change underneath):
   records when flow stops or the generation changes mid-batch (`wait_first(callback(message),
   suspend_flow.wait())` sets the read offset of a message it never delivered; `getmany` breaks off after
   aiokafka already moved past the rest of the fetch), the cause of the gaps the watchdog used to repair:
-  here a partition whose records cannot be handed over is sought back to its first record.
+  here a partition whose records cannot be handed over is sought back to its first record. Offsets between
+  two records of one fetch hold no readable record (aiokafka returned the records in a row: transaction
+  markers, aborted or compacted records) and are acked as empty at once; a jump between two fetches is
+  still reported as a suspected gap for the watchdog to check with the broker.
 
 Every other use of a Faust internal lives here too (the event context tables need, the ack bookkeeping the
 watchdog reads), so that the contract tests cover them all.
@@ -159,6 +162,7 @@ class GaplessConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
                 await self._read_again(tp, batch[0].offset)
                 return
             self._read_offset[tp] = batch[-1].offset
+            self._ack_between(tp, batch)
             return
         callback = self.callback
         for index, record in enumerate(batch):
@@ -170,6 +174,15 @@ class GaplessConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
             self._read_offset[tp] = record.offset
             if index % 100 == 99:
                 await asyncio.sleep(0)
+
+    def _ack_between(self, tp: TP, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Ack the offsets between the records of one fetch: aiokafka returned them in a row, so what lies
+        between holds no record an agent may read (transaction markers, aborted or compacted records)."""
+        previous = records[0].offset
+        for record in records[1:]:
+            if record.offset > previous + 1:
+                self.ack_empty(tp, previous + 1, record.offset)
+            previous = record.offset
 
     async def _put(self, feed: Feed, batch: Batch) -> bool:
         """Queue `batch` for its agent; False when flow stopped first (a rebalance or a recovery)."""
@@ -379,6 +392,13 @@ def changelog_record(table: Any, key: Any, value: Any) -> tuple[bytes, bytes | N
     raw_key, _ = topic.prepare_key(key, table.key_serializer)
     raw_value, _ = topic.prepare_value(value, table.value_serializer)
     return raw_key, raw_value
+
+
+def persist_changelog_offset(table: Any, partition: int, offset: int) -> None:
+    """Record in the table's local store that it holds the changelog up to `offset` of `partition`, as Faust
+    does when its own changelog send completes (at-least-once): a restart with this data directory then
+    recovers from there instead of from the changelog's beginning."""
+    table.data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), partition), offset)
 
 
 def store_of(table: Any) -> Any:

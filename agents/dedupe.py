@@ -2,7 +2,13 @@
 partition and the same RocksDB-backed table entry, whichever ingest partition it came from. Unique
 events fan out to the topic of every enabled sink; duplicates within IDEMPOTENCY_WINDOW_SEC are dropped
 (and counted). A timer removes entries older than the window from the local store; the changelog
-topic's retention drops them from Kafka, so neither grows without bound."""
+topic's retention drops them from Kafka, so neither grows without bound. The timer finds them in a time
+bucketed index (pipeline.expiry_index), so a sweep costs what expires, not what the table holds.
+
+The agent works a batch at a time (agents.consumer): each by-hash record is decided against the table's
+local RocksDB store, and the batch's fan-out records and its table entries' changelog records are produced
+together; the batch is acked once Kafka acknowledged all of them, so an offset is never committed before
+what its record caused (including its changelog entry) is durable."""
 
 from __future__ import annotations
 
@@ -14,9 +20,19 @@ import structlog
 from faust.types import StreamT
 
 from agents.app import Pipeline
-from agents.consumer import Batch, GaplessConsumer, Pipelined, changelog_record, event_context, store_of
+from agents.consumer import (
+    Batch,
+    GaplessConsumer,
+    Pipelined,
+    changelog_record,
+    event_context,
+    persist_changelog_offset,
+    recovery_done,
+    store_of,
+)
 from pipeline.dedupe import Decision, Seen, decide, is_expired
 from pipeline.events import Rejection
+from pipeline.expiry_index import ExpiryIndex
 from pipeline.ingest import Origin, dead_letter
 from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
@@ -43,6 +59,12 @@ def register(pipeline: Pipeline) -> None:
         partitions=catalog.by_hash.partitions,
         # JSON keys and values: Faust's changelog recovery decodes with the topic's JSON codec.
         key_type=str,
+        options={
+            "block_cache_size": settings.dedupe_block_cache_bytes,
+            "block_cache_compressed_size": settings.dedupe_block_cache_bytes,
+            "write_buffer_size": settings.dedupe_write_buffer_bytes,
+            "max_write_buffer_number": 2,
+        },
         help="event hash -> first sighting {t, p, o} on the by-hash topic",
     )
     changelog = table.changelog_topic.get_topic_name()
@@ -51,6 +73,10 @@ def register(pipeline: Pipeline) -> None:
             f"topics.yaml names the dedupe changelog {catalog.dedupe_changelog.name!r} but Faust uses "
             f"{changelog!r}; the template must be '{{app_id}}-dedupe-changelog'"
         )
+
+    sweep_every = max(1.0, min(60.0, settings.idempotency_window_sec / 10))
+    index = ExpiryIndex(bucket_ms=int(sweep_every * 1000))
+    refile = asyncio.Event()  # set after an assignment: file the entries restored from the changelog
 
     async def dedupe(stream: StreamT[Any]) -> None:
         consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
@@ -62,7 +88,12 @@ def register(pipeline: Pipeline) -> None:
             async for batch in pipe.batches():
                 with event_context(app, consumer, batch.tp, batch.records[0]):
                     out = decide_batch(store, batch)
-                await pipe.send(batch, producer.send(out))
+                await pipe.send(batch, send(producer, batch.tp.partition, out))
+
+    async def send(producer: BatchProducer, partition: int, out: list[Record]) -> None:
+        written = await producer.send(out)
+        if (changelog, partition) in written:
+            persist_changelog_offset(table, partition, written[(changelog, partition)])
 
     def decide_batch(store: Any, batch: Batch) -> list[Record]:
         """The records `batch` causes: fan-out of what is new (and its table entry on the changelog), nothing
@@ -100,6 +131,7 @@ def register(pipeline: Pipeline) -> None:
                 # again (see pipeline.dedupe).
                 entry = Seen(now_ms, message.partition, message.offset).to_json()
                 store[table_key] = entry
+                index.add(table_key, now_ms)
                 raw_key, raw_value = changelog_record(table, table_key, entry)
                 out.append(Record(changelog, raw_key, raw_value, (), partition))
                 forwarded += 1
@@ -112,22 +144,37 @@ def register(pipeline: Pipeline) -> None:
 
     app.agent(source, name="dedupe", concurrency=1)(dedupe)
 
-    sweep_every = max(1.0, min(60.0, settings.idempotency_window_sec / 10))
-
     async def expire_dedupe_entries() -> None:
+        """Remove the entries of every time bucket older than the window (a sweep costs what expires). After
+        an assignment, entries restored from the changelog are filed first (one pass over the table)."""
+        store = store_of(table)
+        if refile.is_set():
+            if not recovery_done(app):
+                return
+            refile.clear()
+            index.clear()
+            for n, (key, value) in enumerate(store.items()):
+                seen = Seen.from_json(value)
+                index.add(key, seen.first_seen_ms if seen is not None else 0)
+                if n % 1000 == 999:
+                    await asyncio.sleep(0)
         now_ms = int(time.time() * 1000)
-        expired: list[Any] = []
-        for index, (key, value) in enumerate(table.data.items()):
-            seen = Seen.from_json(value)
-            if seen is None or is_expired(seen, now_ms=now_ms, window_ms=window_ms):
-                expired.append(key)
-            if index % 1000 == 999:
+        expired = 0
+        for n, key in enumerate(index.pop_due(now_ms=now_ms, window_ms=window_ms)):
+            seen = Seen.from_json(store.get(key))
+            if seen is not None and not is_expired(seen, now_ms=now_ms, window_ms=window_ms):
+                index.add(key, seen.first_seen_ms)  # forwarded again after it expired: filed anew
+            elif store.pop(key, None) is not None:
+                expired += 1
+            if n % 1000 == 999:
                 await asyncio.sleep(0)
-        for key in expired:
-            table.data.pop(key, None)
         if expired:
-            metrics.EXPIRED.inc(len(expired))
-            log.info("dedupe entries expired", count=len(expired), window_sec=settings.idempotency_window_sec)
+            metrics.EXPIRED.inc(expired)
+            log.info("dedupe entries expired", count=expired, window_sec=settings.idempotency_window_sec)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _refile_after_assignment(sender: Any, assigned: set[Any], **_: Any) -> None:
+        refile.set()
 
     app.timer(sweep_every, name="dedupe-expiry")(expire_dedupe_entries)
 

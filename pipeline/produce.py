@@ -78,12 +78,14 @@ class BatchProducer:
             count = self._partitions[topic] = len(found)
         return count
 
-    async def send(self, records: Sequence[Record]) -> None:
-        """Produce `records` (in order per partition) and wait until Kafka acknowledged every one."""
+    async def send(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
+        """Produce `records` (in order per partition) and wait until Kafka acknowledged every one. Returns the
+        offset of the last record written per (topic, partition)."""
         if not records:
-            return
+            return {}
         builders: dict[tuple[str, int], Any] = {}
         futures: list[asyncio.Future[Any]] = []
+        counts: list[int] = []
         for record in records:
             partition = record.partition
             if partition is None:
@@ -95,11 +97,17 @@ class BatchProducer:
                 builder = builders[where] = self._producer.create_batch()
             headers = list(record.headers)
             if builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
+                counts.append(builder.record_count())
                 futures.append(await self._producer.send_batch(builder, record.topic, partition=partition))
                 builder = builders[where] = self._producer.create_batch()
                 if builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
                     raise ValueError(f"a record for {record.topic} is larger than a batch may be")
         for (topic, partition), builder in builders.items():
             if builder.record_count():
+                counts.append(builder.record_count())
                 futures.append(await self._producer.send_batch(builder, topic, partition=partition))
-        await asyncio.gather(*futures)
+        last: dict[tuple[str, int], int] = {}
+        for metadata, count in zip(await asyncio.gather(*futures), counts, strict=True):
+            where = (metadata.topic, metadata.partition)
+            last[where] = max(last.get(where, -1), metadata.offset + count - 1)
+        return last

@@ -6,9 +6,10 @@ version changes the internals it overrides."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import mode
@@ -115,6 +116,15 @@ def test_the_faust_internals_of_the_batch_fetch_loop_are_still_there() -> None:
     assert "_buffered_partitions" in inspect.getsource(BaseConsumer.getmany)
     assert "consumer_stopped_errors" in drain
     assert "current_event" in inspect.getsource(current_event) and _current_event.name == "current_event"
+    from faust.stores.rocksdb import Store as RocksDBStore
+    from faust.tables.base import Collection
+
+    # What the dedupe agent does in place of Faust's changelog send callback (agents.consumer).
+    assert "self.data.set_persisted_offset(res.topic_partition, res.offset)" in inspect.getsource(
+        Collection._on_changelog_sent
+    )
+    assert list(inspect.signature(RocksDBStore.set_persisted_offset).parameters) == ["self", "tp", "offset"]
+    assert "current_event()" in inspect.getsource(RocksDBStore._set)
     assert "self.completed" in inspect.getsource(Recovery._resume_streams)
     assert "perform_seek" in inspect.getsource(Recovery._resume_streams)
 
@@ -144,3 +154,59 @@ async def test_changelog_records_and_table_writes_match_fausts(pipeline: Pipelin
         assert store.get(key) == value
     assert current_event() is None
     assert 2 in store._dbs  # the write went to partition 2's RocksDB
+
+
+class _Thread:
+    """Stands in for Faust's consumer thread: records seeks."""
+
+    def __init__(self, tp: TP) -> None:
+        self.tp = tp
+        self.seeks: list[tuple[TP, int]] = []
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def assignment(self) -> set[TP]:
+        return {self.tp}
+
+
+def _records(tp: TP, offsets: list[int]) -> list[Any]:
+    from aiokafka.structs import ConsumerRecord
+
+    return [ConsumerRecord(tp.topic, tp.partition, o, 0, 0, b"k", b"v", None, 1, 1, []) for o in offsets]
+
+
+async def test_the_fetch_loop_hands_a_batch_over_or_reads_it_again_never_drops_it(pipeline: Pipeline) -> None:
+    """Faust's loop sets the read offset of a message it could not deliver when flow stops; ours seeks the
+    partition back to the batch's first record, and acks the transaction markers between records at once."""
+    from agents.consumer import GaplessConsumer
+
+    consumer: Any = pipeline.app.consumer
+    assert isinstance(consumer, GaplessConsumer)
+    tp = TP(pipeline.catalog.ingest.name, 0)
+    thread = _Thread(tp)
+    consumer._thread = cast(Any, thread)
+    consumer._committed_offset[tp] = 0
+    generation = pipeline.app.consumer_generation_id
+    tables: Any = pipeline.app.tables
+    tables.recovery.completed.set()
+    feed = consumer.feed(tp.topic)
+
+    consumer.stop_flow()  # a rebalance or a recovery starts
+    await consumer._hand_over(tp, _records(tp, [0, 1, 2]), None, generation)
+    assert thread.seeks == [(tp, 0)] and feed.queue.empty()
+
+    consumer.resume_flow()
+    await consumer._hand_over(tp, _records(tp, [0, 1, 2, 4, 7]), None, generation)  # 3, 5, 6: markers
+    batch = feed.queue.get_nowait()
+    assert [r.offset for r in batch.records] == [0, 1, 2, 4, 7] and consumer._read_offset[tp] == 7
+    consumer.ack_batch(batch)
+    assert consumer._new_offset(tp) == 8
+
+    for _ in range(4):  # the agent is busy: the feed is full
+        await consumer._hand_over(tp, _records(tp, [8]), None, generation)
+    full = asyncio.ensure_future(consumer._hand_over(tp, _records(tp, [9, 10]), None, generation))
+    await asyncio.sleep(0.01)
+    consumer.stop_flow()  # while the fetch loop waits for room
+    await full
+    assert thread.seeks[-1] == (tp, 9) and feed.queue.qsize() == 4
