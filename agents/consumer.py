@@ -32,15 +32,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import aiokafka
-import faust
 from aiokafka.structs import ConsumerRecord
-from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP, AppT
@@ -371,21 +368,6 @@ def recovery_done(app: AppT) -> bool:
     return completed is None or bool(completed.is_set())
 
 
-@contextlib.contextmanager
-def event_context(
-    app: faust.App, consumer: GaplessConsumer, tp: TP, record: ConsumerRecord[bytes, bytes]
-) -> Iterator[None]:
-    """Table reads and writes inside this block go to `tp`'s partition of the table (its RocksDB store and
-    its changelog partition), as inside a Faust stream processing `record`."""
-    message = consumer._to_message(tp, record)
-    event = faust.Event(app, message.key, message.value, message.headers, message)
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 def changelog_record(table: Any, key: Any, value: Any) -> tuple[bytes, bytes | None]:
     """Key and value of the changelog record Faust writes for `table[key] = value` (what its recovery reads)."""
     topic = table.changelog_topic
@@ -399,6 +381,33 @@ def persist_changelog_offset(table: Any, partition: int, offset: int) -> None:
     does when its own changelog send completes (at-least-once): a restart with this data directory then
     recovers from there instead of from the changelog's beginning."""
     table.data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), partition), offset)
+
+
+_PLAIN = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.:")
+
+
+class TableStore:
+    """A table's local RocksDB store, read and written as raw bytes per partition: the bytes of its changelog
+    records, which is what Faust's recovery writes (Store.apply_changelog_batch puts the changelog key and
+    value as they are). Skips Faust's per-access encoding, decoding, event context and sensors; the caller
+    writes the changelog record itself."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._store = table.data
+
+    def key(self, key: str) -> bytes:
+        """The stored (and changelog) form of a text key: Faust's JSON codec, a JSON string."""
+        if _PLAIN.issuperset(key):
+            return b'"' + key.encode() + b'"'
+        return changelog_record(self.table, key, None)[0]
+
+    def get(self, partition: int, raw_key: bytes) -> bytes | None:
+        value: bytes | None = self._store._db_for_partition(partition).get(raw_key)
+        return value
+
+    def put(self, partition: int, raw_key: bytes, raw_value: bytes) -> None:
+        self._store._db_for_partition(partition).put(raw_key, raw_value)
 
 
 def store_of(table: Any) -> Any:

@@ -22,10 +22,8 @@ from faust.types import StreamT
 from agents.app import Pipeline
 from agents.consumer import (
     Batch,
-    GaplessConsumer,
     Pipelined,
-    changelog_record,
-    event_context,
+    TableStore,
     persist_changelog_offset,
     recovery_done,
     store_of,
@@ -79,15 +77,13 @@ def register(pipeline: Pipeline) -> None:
     refile = asyncio.Event()  # set after an assignment: file the entries restored from the changelog
 
     async def dedupe(stream: StreamT[Any]) -> None:
-        consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
         producer = BatchProducer(
             settings.kafka, client_id=f"{settings.kafka.client_id}-dedupe", max_request_size=max_record_bytes
         )
-        store = store_of(table)
+        store = TableStore(table)
         async with producer, Pipelined(stream) as pipe:
             async for batch in pipe.batches():
-                with event_context(app, consumer, batch.tp, batch.records[0]):
-                    out = decide_batch(store, batch)
+                out = decide_batch(store, batch)
                 await pipe.send(batch, send(producer, batch.tp.partition, out))
 
     async def send(producer: BatchProducer, partition: int, out: list[Record]) -> None:
@@ -95,7 +91,7 @@ def register(pipeline: Pipeline) -> None:
         if (changelog, partition) in written:
             persist_changelog_offset(table, partition, written[(changelog, partition)])
 
-    def decide_batch(store: Any, batch: Batch) -> list[Record]:
+    def decide_batch(store: TableStore, batch: Batch) -> list[Record]:
         """The records `batch` causes: fan-out of what is new (and its table entry on the changelog), nothing
         for a duplicate, a dead letter for a record that is not the pipeline's. Table reads and writes are
         local (the changelog record goes out with the batch and is acknowledged with it)."""
@@ -113,8 +109,9 @@ def register(pipeline: Pipeline) -> None:
                 log.warning("by-hash record without a valid key", **vars(origin))
                 out.append(Record(dlq, routed.key, routed.value, routed.headers))
                 continue
+            raw_key = store.key(table_key)
             decision = decide(
-                Seen.from_json(store.get(table_key)),
+                Seen.from_bytes(store.get(partition, raw_key)),
                 now_ms=now_ms,
                 window_ms=window_ms,
                 partition=message.partition,
@@ -129,10 +126,9 @@ def register(pipeline: Pipeline) -> None:
             if decision is Decision.FORWARD:
                 # A redelivery of this same record is recognised by its partition and offset and forwarded
                 # again (see pipeline.dedupe).
-                entry = Seen(now_ms, message.partition, message.offset).to_json()
-                store[table_key] = entry
+                raw_value = Seen(now_ms, message.partition, message.offset).to_bytes()
+                store.put(partition, raw_key, raw_value)
                 index.add(table_key, now_ms)
-                raw_key, raw_value = changelog_record(table, table_key, entry)
                 out.append(Record(changelog, raw_key, raw_value, (), partition))
                 forwarded += 1
             else:

@@ -1,7 +1,7 @@
-"""Size- and time-bounded batching with backpressure.
+"""Size- and time-bounded batching with backpressure, shared by every agent.
 
-(The ingest and dedupe agents no longer use it: they get whole batches from the fetch loop, see
-agents/consumer.py.) A producer of items hands each one to a `Batcher`. A single flusher task takes up to `max_size` items, or what has
+Agents iterate their stream one event at a time (so Faust's per-event context stays right for tables)
+and hand each item to a `Batcher`. A single flusher task takes up to `max_size` items, or what has
 arrived once the oldest item has waited `linger`, and awaits `handle(batch)` - which writes the batch
 (or waits for its produce acknowledgements) and only then acknowledges the source offsets. Batches are
 handled one at a time, in arrival order. `add` blocks while `max_pending` items wait, so a slow sink

@@ -129,31 +129,27 @@ def test_the_faust_internals_of_the_batch_fetch_loop_are_still_there() -> None:
     assert "perform_seek" in inspect.getsource(Recovery._resume_streams)
 
 
-async def test_changelog_records_and_table_writes_match_fausts(pipeline: Pipeline) -> None:
-    from aiokafka.structs import ConsumerRecord
-
-    from agents.consumer import changelog_record, event_context, store_of
+async def test_changelog_records_and_raw_table_writes_match_fausts(pipeline: Pipeline) -> None:
+    """The dedupe agent writes the table's RocksDB and its changelog with bytes of its own: they must be what
+    Faust's own Table writes and what its recovery and its decoded store API read."""
+    from agents.consumer import TableStore, changelog_record, store_of
+    from pipeline.dedupe import Seen
 
     table: Any = pipeline.app.tables["dedupe"]
-    key, value = "ab" * 32, {"t": 1, "p": 2, "o": 3}
-    raw_key, raw_value = changelog_record(table, key, value)
-    # What Faust's own Table.__setitem__ sends (send_changelog -> Topic.prepare_key/prepare_value -> JSON codec).
+    store = TableStore(table)
+    for key in ("ab" * 32, "Odd key é\"'", "k-1:2"):
+        raw_key, _ = changelog_record(table, key, None)
+        assert store.key(key) == raw_key  # the fast path gives Faust's JSON codec's bytes
+    key, seen = "cd" * 32, Seen(1, 2, 3)
+    raw_key, raw_value = changelog_record(table, key, seen.to_json())
     assert raw_key == b'"' + key.encode() + b'"'
-    assert raw_value is not None and __import__("json").loads(raw_value) == value
-    consumer: Any = pipeline.app.consumer
-    tp = TP(pipeline.catalog.by_hash.name, 2)
-    record = ConsumerRecord(tp.topic, 2, 7, 0, 0, b"k", b"v", None, 1, 1, [])
-    store = store_of(table)
-    with event_context(pipeline.app, consumer, tp, record):
-        from faust.streams import current_event
-
-        event = current_event()
-        assert event is not None and event.message.partition == 2 and event.message.topic == tp.topic
-        assert table.partition_for_key(key) == 2
-        store[key] = value
-        assert store.get(key) == value
-    assert current_event() is None
-    assert 2 in store._dbs  # the write went to partition 2's RocksDB
+    assert raw_value is not None and Seen.from_bytes(raw_value) == seen
+    store.put(2, store.key(key), seen.to_bytes())
+    assert Seen.from_bytes(store.get(2, store.key(key))) == seen
+    assert store.get(1, store.key(key)) is None  # partition 2's RocksDB only
+    decoded = store_of(table)
+    assert Seen.from_json(decoded.get(key)) == seen  # the expiry timer's view (Faust's decoding)
+    assert decoded.pop(key, None) is not None and store.get(2, store.key(key)) is None
 
 
 class _Thread:
