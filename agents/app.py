@@ -65,7 +65,7 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         agent_supervisor=CrashingSupervisor,
         producer_acks=-1,
         producer_max_request_size=producer_request_bytes(catalog),
-        broker_max_poll_records=500,
+        broker_max_poll_records=settings.ingest_batch_size,
         broker_max_poll_interval=300.0,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,

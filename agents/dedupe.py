@@ -2,7 +2,13 @@
 partition and the same RocksDB-backed table entry, whichever ingest partition it came from. Unique
 events fan out to the topic of every enabled sink; duplicates within IDEMPOTENCY_WINDOW_SEC are dropped
 (and counted). A timer removes entries older than the window from the local store; the changelog
-topic's retention drops them from Kafka, so neither grows without bound."""
+topic's retention drops them from Kafka, so neither grows without bound. The timer finds them in a time
+bucketed index (pipeline.expiry_index), so a sweep costs what expires, not what the table holds.
+
+The agent works a batch at a time (agents.consumer): each by-hash record is decided against the table's
+local RocksDB store, and the batch's fan-out records and its table entries' changelog records are produced
+together; the batch is acked once Kafka acknowledged all of them, so an offset is never committed before
+what its record caused (including its changelog entry) is durable."""
 
 from __future__ import annotations
 
@@ -13,12 +19,22 @@ from typing import Any
 import structlog
 from faust.types import StreamT
 
-from agents.acks import manual_acks, produced_then_acked
 from agents.app import Pipeline
+from agents.consumer import (
+    Batch,
+    Pipelined,
+    TableStore,
+    persist_changelog_offset,
+    recovery_done,
+    store_of,
+)
 from pipeline.dedupe import Decision, Seen, decide, is_expired
 from pipeline.events import Rejection
+from pipeline.expiry_index import ExpiryIndex
 from pipeline.ingest import Origin, dead_letter
+from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
+from pipeline.produce import BatchProducer, Record
 
 log = structlog.get_logger("pipeline.dedupe")
 
@@ -27,14 +43,26 @@ def register(pipeline: Pipeline) -> None:
     app, catalog, settings = pipeline.app, pipeline.catalog, pipeline.settings
     window_ms = settings.idempotency_window_sec * 1000
     source = pipeline.topic(catalog.by_hash)
-    outputs = [pipeline.topic(catalog.sink(sink.name)) for sink in settings.enabled_sinks()]
-    dlq = pipeline.topic(catalog.ingest_dlq)
+    # Sink topics with the by-hash topic's partition count get each event on the same partition number
+    # (both are the default partitioner's choice for the hash), without hashing the key again.
+    outputs = [
+        (spec.name, spec.partitions == catalog.by_hash.partitions)
+        for spec in (catalog.sink(sink.name) for sink in settings.enabled_sinks())
+    ]
+    dlq = catalog.ingest_dlq.name
+    max_record_bytes = producer_request_bytes(catalog)
     table = app.Table(
         "dedupe",
         default=None,
         partitions=catalog.by_hash.partitions,
         # JSON keys and values: Faust's changelog recovery decodes with the topic's JSON codec.
         key_type=str,
+        options={
+            "block_cache_size": settings.dedupe_block_cache_bytes,
+            "block_cache_compressed_size": settings.dedupe_block_cache_bytes,
+            "write_buffer_size": settings.dedupe_write_buffer_bytes,
+            "max_write_buffer_number": 2,
+        },
         help="event hash -> first sighting {t, p, o} on the by-hash topic",
     )
     changelog = table.changelog_topic.get_topic_name()
@@ -44,61 +72,105 @@ def register(pipeline: Pipeline) -> None:
             f"{changelog!r}; the template must be '{{app_id}}-dedupe-changelog'"
         )
 
+    sweep_every = max(1.0, min(60.0, settings.idempotency_window_sec / 10))
+    index = ExpiryIndex(bucket_ms=int(sweep_every * 1000))
+    refile = asyncio.Event()  # set after an assignment: file the entries restored from the changelog
+
     async def dedupe(stream: StreamT[Any]) -> None:
-        manual = manual_acks(stream)
-        batcher = produced_then_acked(manual, max_size=settings.ingest_batch_size, name="dedupe")
-        async with batcher.running():
-            async for event in manual.events():
-                message = event.message
-                key = message.key
-                table_key = _table_key(key)
-                if table_key is None:  # not written by ingest (a replay or import tool): dead-letter it
-                    why = Rejection("unprocessable", "a by-hash record's key must be the event hash (UTF-8 text)")
-                    origin = Origin(message.topic, message.partition, message.offset)
-                    routed = dead_letter(key, message.value, message.headers, origin, why)
-                    log.warning("by-hash record without a valid key", **vars(origin))
-                    future = await dlq.send(key=routed.key, value=routed.value, headers=routed.headers)
-                    await batcher.add((event, [future]))
-                    continue
-                decision = decide(
-                    Seen.from_json(table.get(table_key)),
-                    now_ms=int(time.time() * 1000),
-                    window_ms=window_ms,
-                    partition=message.partition,
-                    offset=message.offset,
-                )
-                if decision is Decision.DUPLICATE:
-                    metrics.DUPLICATES.inc()
-                    await batcher.add((event, []))
-                    continue
-                futures = [await topic.send(key=key, value=message.value, headers=message.headers) for topic in outputs]
-                if decision is Decision.FORWARD:
-                    # Written after the sends are queued; a redelivery of this same record is recognised
-                    # by its partition and offset and forwarded again (see pipeline.dedupe).
-                    table[table_key] = Seen(int(time.time() * 1000), message.partition, message.offset).to_json()
-                    metrics.FORWARDED.inc()
-                else:
-                    metrics.REDELIVERED.inc()
-                await batcher.add((event, futures))
+        producer = BatchProducer(
+            settings.kafka, client_id=f"{settings.kafka.client_id}-dedupe", max_request_size=max_record_bytes
+        )
+        store = TableStore(table)
+        async with producer, Pipelined(stream) as pipe:
+            async for batch in pipe.batches():
+                out = decide_batch(store, batch)
+                await pipe.send(batch, send(producer, batch.tp.partition, out))
+
+    async def send(producer: BatchProducer, partition: int, out: list[Record]) -> None:
+        written = await producer.send(out)
+        if (changelog, partition) in written:
+            persist_changelog_offset(table, partition, written[(changelog, partition)])
+
+    def decide_batch(store: TableStore, batch: Batch) -> list[Record]:
+        """The records `batch` causes: fan-out of what is new (and its table entry on the changelog), nothing
+        for a duplicate, a dead letter for a record that is not the pipeline's. Table reads and writes are
+        local (the changelog record goes out with the batch and is acknowledged with it)."""
+        partition = batch.tp.partition
+        out: list[Record] = []
+        forwarded = redelivered = duplicates = 0
+        now_ms = int(time.time() * 1000)
+        for message in batch.records:
+            key = message.key
+            table_key = _table_key(key)
+            if table_key is None:  # not written by ingest (a replay or import tool): dead-letter it
+                why = Rejection("unprocessable", "a by-hash record's key must be the event hash (UTF-8 text)")
+                origin = Origin(message.topic, message.partition, message.offset)
+                routed = dead_letter(key, message.value, message.headers, origin, why)
+                log.warning("by-hash record without a valid key", **vars(origin))
+                out.append(Record(dlq, routed.key, routed.value, routed.headers))
+                continue
+            raw_key = store.key(table_key)
+            decision = decide(
+                Seen.from_bytes(store.get(partition, raw_key)),
+                now_ms=now_ms,
+                window_ms=window_ms,
+                partition=message.partition,
+                offset=message.offset,
+            )
+            if decision is Decision.DUPLICATE:
+                duplicates += 1
+                continue
+            headers = list(message.headers or ())
+            for topic, same_partitions in outputs:
+                out.append(Record(topic, key, message.value, headers, partition if same_partitions else None))
+            if decision is Decision.FORWARD:
+                # A redelivery of this same record is recognised by its partition and offset and forwarded
+                # again (see pipeline.dedupe).
+                raw_value = Seen(now_ms, message.partition, message.offset).to_bytes()
+                store.put(partition, raw_key, raw_value)
+                index.add(table_key, now_ms)
+                out.append(Record(changelog, raw_key, raw_value, (), partition))
+                forwarded += 1
+            else:
+                redelivered += 1
+        metrics.DUPLICATES.inc(duplicates)
+        metrics.FORWARDED.inc(forwarded)
+        metrics.REDELIVERED.inc(redelivered)
+        return out
 
     app.agent(source, name="dedupe", concurrency=1)(dedupe)
 
-    sweep_every = max(1.0, min(60.0, settings.idempotency_window_sec / 10))
-
     async def expire_dedupe_entries() -> None:
+        """Remove the entries of every time bucket older than the window (a sweep costs what expires). After
+        an assignment, entries restored from the changelog are filed first (one pass over the table)."""
+        store = store_of(table)
+        if refile.is_set():
+            if not recovery_done(app):
+                return
+            refile.clear()
+            index.clear()
+            for n, (key, value) in enumerate(store.items()):
+                seen = Seen.from_json(value)
+                index.add(key, seen.first_seen_ms if seen is not None else 0)
+                if n % 1000 == 999:
+                    await asyncio.sleep(0)
         now_ms = int(time.time() * 1000)
-        expired: list[Any] = []
-        for index, (key, value) in enumerate(table.data.items()):
-            seen = Seen.from_json(value)
-            if seen is None or is_expired(seen, now_ms=now_ms, window_ms=window_ms):
-                expired.append(key)
-            if index % 1000 == 999:
+        expired = 0
+        for n, key in enumerate(index.pop_due(now_ms=now_ms, window_ms=window_ms)):
+            seen = Seen.from_json(store.get(key))
+            if seen is not None and not is_expired(seen, now_ms=now_ms, window_ms=window_ms):
+                index.add(key, seen.first_seen_ms)  # forwarded again after it expired: filed anew
+            elif store.pop(key, None) is not None:
+                expired += 1
+            if n % 1000 == 999:
                 await asyncio.sleep(0)
-        for key in expired:
-            table.data.pop(key, None)
         if expired:
-            metrics.EXPIRED.inc(len(expired))
-            log.info("dedupe entries expired", count=len(expired), window_sec=settings.idempotency_window_sec)
+            metrics.EXPIRED.inc(expired)
+            log.info("dedupe entries expired", count=expired, window_sec=settings.idempotency_window_sec)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _refile_after_assignment(sender: Any, assigned: set[Any], **_: Any) -> None:
+        refile.set()
 
     app.timer(sweep_every, name="dedupe-expiry")(expire_dedupe_entries)
 

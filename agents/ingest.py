@@ -1,6 +1,9 @@
 """Ingest agent: validate each message; valid events go to the by-hash topic keyed by content hash,
 anything else to the ingest DLQ with the reason in its headers (pipeline.ingest.route decides, and no
-exception of one message escapes it). Nothing is dropped."""
+exception of one message escapes it). Nothing is dropped.
+
+It works a batch at a time (one partition, one fetch: agents.consumer.batches): route every message, produce
+the batch, wait for its acknowledgements once, then ack the batch's offsets for the commit."""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ from typing import Any
 import structlog
 from faust.types import StreamT
 
-from agents.acks import manual_acks, produced_then_acked
 from agents.app import Pipeline
+from agents.consumer import Pipelined
 from pipeline.ingest import Origin, route
 from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
+from pipeline.produce import BatchProducer, Record
 
 log = structlog.get_logger("pipeline.ingest")
 
@@ -21,29 +25,31 @@ log = structlog.get_logger("pipeline.ingest")
 def register(pipeline: Pipeline) -> None:
     catalog, settings = pipeline.catalog, pipeline.settings
     source = pipeline.topic(catalog.ingest)
-    by_hash = pipeline.topic(catalog.by_hash)
-    dlq = pipeline.topic(catalog.ingest_dlq)
+    by_hash, dlq = catalog.by_hash.name, catalog.ingest_dlq.name
     max_record_bytes = producer_request_bytes(catalog)
 
     async def ingest(stream: StreamT[Any]) -> None:
-        manual = manual_acks(stream)
-        batcher = produced_then_acked(manual, max_size=settings.ingest_batch_size, name="ingest")
-        async with batcher.running():
-            async for event in manual.events():
-                message = event.message
-                origin = Origin(message.topic, message.partition, message.offset)
-                routed = route(
-                    message.key,
-                    message.value,
-                    message.headers,
-                    origin,
-                    max_event_bytes=settings.max_event_bytes,
-                    max_record_bytes=max_record_bytes,
-                )
-                if routed.rejection is None:
-                    metrics.INGESTED.inc()
-                    topic = by_hash
-                else:
+        producer = BatchProducer(
+            settings.kafka, client_id=f"{settings.kafka.client_id}-ingest", max_request_size=max_record_bytes
+        )
+        async with producer, Pipelined(stream) as pipe:
+            async for batch in pipe.batches():
+                out: list[Record] = []
+                accepted = 0
+                for message in batch.records:
+                    origin = Origin(message.topic, message.partition, message.offset)
+                    routed = route(
+                        message.key,
+                        message.value,
+                        message.headers,
+                        origin,
+                        max_event_bytes=settings.max_event_bytes,
+                        max_record_bytes=max_record_bytes,
+                    )
+                    if routed.rejection is None:
+                        accepted += 1
+                        out.append(Record(by_hash, routed.key, routed.value, routed.headers))
+                        continue
                     metrics.REJECTED.labels(routed.rejection.reason).inc()
                     log.warning(
                         "event rejected",
@@ -53,8 +59,8 @@ def register(pipeline: Pipeline) -> None:
                         partition=origin.partition,
                         offset=origin.offset,
                     )
-                    topic = dlq
-                future = await topic.send(key=routed.key, value=routed.value, headers=routed.headers)
-                await batcher.add((event, [future]))
+                    out.append(Record(dlq, routed.key, routed.value, routed.headers))
+                await pipe.send(batch, producer.send(out))
+                metrics.INGESTED.inc(accepted)
 
     pipeline.app.agent(source, name="ingest", concurrency=1)(ingest)

@@ -30,7 +30,7 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from agents.app import Pipeline
-from agents.consumer import GaplessConsumer
+from agents.consumer import GaplessConsumer, recovery_done
 from pipeline.observability import metrics
 from pipeline.observability.lag import RecordProbe
 
@@ -72,7 +72,7 @@ def register(pipeline: Pipeline) -> None:
                 consumer.ack_empty(tp, gap.start, gap.end)
                 continue
             target = rereads.get(tp, (None, 0.0))[0]
-            committed = consumer._committed_offset.get(tp)
+            committed = consumer.committed(tp)
             if target is not None and (committed is None or committed > target or tp not in consumer.assignment()):
                 del rereads[tp]  # that re-read is done (or the partition moved on)
             elif target is not None and gap.start >= target:
@@ -98,8 +98,8 @@ def register(pipeline: Pipeline) -> None:
             # A record is there. Handed to an agent and not acked yet: the agent is slow, wait (a minute at
             # most). Not handed over while later records were acked: Faust skipped it, read it again now.
             # Neither: the fetch loop is slow or skipped it with nothing after; wait STALL_SEC.
-            in_flight = any(m.tp == tp and m.offset == committed for m in list(consumer._unacked_messages))
-            skipped = not in_flight and any(offset > committed for offset in consumer._acked.get(tp) or ())
+            in_flight = consumer.in_flight(tp, committed)
+            skipped = not in_flight and consumer.acked_after(tp, committed)
             if time.monotonic() - rereads.get(tp, (None, 0.0))[1] < STALL_SEC:
                 skipped = False  # a re-read of ours is under way: give it time to reach the agent
             if not skipped and stalled < (IN_FLIGHT_STALL_SEC if in_flight else STALL_SEC):
@@ -131,9 +131,7 @@ def register(pipeline: Pipeline) -> None:
 
     async def commit_watchdog() -> None:
         consumer: GaplessConsumer = app.consumer  # type: ignore[assignment]
-        recovery = getattr(getattr(app, "tables", None), "recovery", None)
-        completed = getattr(recovery, "completed", None)
-        if completed is not None and not completed.is_set():
+        if not recovery_done(app):
             return  # Faust is recovering tables: it positions the partitions itself
         await consumer.ensure_baselines()
         now = time.monotonic()
@@ -142,7 +140,7 @@ def register(pipeline: Pipeline) -> None:
             if tp not in assigned:
                 del seen[tp]
         for tp in assigned:
-            committed = consumer._committed_offset.get(tp)
+            committed = consumer.committed(tp)
             highwater = consumer.highwater(tp)
             if committed is None or highwater is None or highwater <= committed:
                 seen.pop(tp, None)  # caught up (or nothing known yet)

@@ -228,7 +228,12 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(1_048_576, ge=64, le=64 * 1_048_576)
     idempotency_window_sec: int = Field(86_400, ge=1)
     deployment_profile: str | None = Field(None, description="satcom | at-sea | remote-edge | multi-cloud")
-    ingest_batch_size: int = Field(500, ge=1, le=10_000)
+    # Records per fetch handed to the ingest and dedupe agents as batches (Faust's broker_max_poll_records).
+    ingest_batch_size: int = Field(2000, ge=1, le=10_000)
+    # RocksDB of the dedupe table, per partition: block cache and memtable (write buffer) size; at most two
+    # write buffers each. Sized for small hosts: 6 partitions take at most 6 * (8 + 2 * 8) MiB.
+    dedupe_block_cache_bytes: int = Field(8 * 1_048_576, ge=1_048_576)
+    dedupe_write_buffer_bytes: int = Field(8 * 1_048_576, ge=1_048_576)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     web_enabled: bool = Field(True, description="serve /metrics, /health/*, admin and POST /ingest")
@@ -378,6 +383,8 @@ _GLOBAL_ENV: dict[str, str] = {
     "idempotency_window_sec": "IDEMPOTENCY_WINDOW_SEC",
     "deployment_profile": "DEPLOYMENT_PROFILE",
     "ingest_batch_size": "INGEST_BATCH_SIZE",
+    "dedupe_block_cache_bytes": "DEDUPE_BLOCK_CACHE_BYTES",
+    "dedupe_write_buffer_bytes": "DEDUPE_WRITE_BUFFER_BYTES",
     "log_level": "LOG_LEVEL",
     "log_format": "LOG_FORMAT",
     "web_enabled": "WEB_ENABLED",

@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 
 class Decision(enum.Enum):
     FORWARD = "forward"  # first sighting within the window
@@ -28,6 +30,19 @@ class Seen:
 
     def to_json(self) -> dict[str, int]:
         return {"t": self.first_seen_ms, "p": self.partition, "o": self.offset}
+
+    def to_bytes(self) -> bytes:
+        """The JSON text of `to_json()`: the table's value bytes, in its store and on its changelog."""
+        return orjson.dumps(self.to_json())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> Seen | None:
+        if raw is None:
+            return None
+        try:
+            return cls.from_json(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            return None
 
     @classmethod
     def from_json(cls, value: Any) -> Seen | None:

@@ -29,7 +29,9 @@ def crash_agent(target: str) -> None:
             return decorator
 
         async def crashing(stream: Any) -> None:
-            async for _ in stream:
+            from agents.consumer import batches
+
+            async for _ in batches(stream):  # the agents read their topic in batches, not event by event
                 raise InjectedCrash(f"injected crash in agent {target}")
 
         crashing.__name__ = crashing.__qualname__ = target

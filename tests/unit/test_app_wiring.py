@@ -6,9 +6,10 @@ version changes the internals it overrides."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import mode
@@ -92,3 +93,116 @@ async def test_the_app_consumer_commits_only_over_acked_offsets(pipeline: Pipeli
     consumer._acked_index[tp].add(10)
     assert consumer._new_offset(tp) == 13
     assert consumer._acked[tp] == [] and consumer._acked_index[tp] == set()
+
+
+def test_the_faust_internals_of_the_batch_fetch_loop_are_still_there() -> None:
+    """agents/consumer.py replaces Consumer._drain_messages and reads these internals (faust-streaming 0.15)."""
+    from faust.streams import _current_event, current_event
+    from faust.tables.recovery import Recovery
+    from faust.transport.consumer import Consumer as BaseConsumer
+
+    drain = inspect.getsource(BaseConsumer._drain_messages)
+    # The loop it replaces: if Faust stops dropping the in-flight message on a flow stop, re-check ours.
+    assert "self.wait_first(" in drain and "self.suspend_flow.wait()" in drain
+    assert "set_read_offset(tp, offset)" in drain
+    assert list(inspect.signature(BaseConsumer._wait_next_records).parameters) == ["self", "timeout"]
+    assert list(inspect.signature(AIOKafkaFaustConsumer._to_message).parameters) == ["self", "tp", "record"]
+    add_gap = inspect.signature(AIOKafkaFaustConsumer._add_gap)
+    assert list(add_gap.parameters) == ["self", "tp", "offset_from", "offset_to"]
+    assert list(inspect.signature(AIOKafkaConsumerThread.seek).parameters) == ["self", "partition", "offset"]
+    init = inspect.getsource(BaseConsumer.__init__) + inspect.getsource(BaseConsumer._reset_state)
+    for attribute in ("_read_offset", "_committed_offset", "_acked", "_acked_index", "_unacked_messages"):
+        assert f"self.{attribute}" in init, attribute
+    assert "_buffered_partitions" in inspect.getsource(BaseConsumer.getmany)
+    assert "consumer_stopped_errors" in drain
+    assert "current_event" in inspect.getsource(current_event) and _current_event.name == "current_event"
+    from faust.stores.rocksdb import Store as RocksDBStore
+    from faust.tables.base import Collection
+
+    # What the dedupe agent does in place of Faust's changelog send callback (agents.consumer).
+    assert "self.data.set_persisted_offset(res.topic_partition, res.offset)" in inspect.getsource(
+        Collection._on_changelog_sent
+    )
+    assert list(inspect.signature(RocksDBStore.set_persisted_offset).parameters) == ["self", "tp", "offset"]
+    assert "current_event()" in inspect.getsource(RocksDBStore._set)
+    assert "self.completed" in inspect.getsource(Recovery._resume_streams)
+    assert "perform_seek" in inspect.getsource(Recovery._resume_streams)
+
+
+async def test_changelog_records_and_raw_table_writes_match_fausts(pipeline: Pipeline) -> None:
+    """The dedupe agent writes the table's RocksDB and its changelog with bytes of its own: they must be what
+    Faust's own Table writes and what its recovery and its decoded store API read."""
+    from agents.consumer import TableStore, changelog_record, store_of
+    from pipeline.dedupe import Seen
+
+    table: Any = pipeline.app.tables["dedupe"]
+    store = TableStore(table)
+    for key in ("ab" * 32, "Odd key é\"'", "k-1:2"):
+        raw_key, _ = changelog_record(table, key, None)
+        assert store.key(key) == raw_key  # the fast path gives Faust's JSON codec's bytes
+    key, seen = "cd" * 32, Seen(1, 2, 3)
+    raw_key, raw_value = changelog_record(table, key, seen.to_json())
+    assert raw_key == b'"' + key.encode() + b'"'
+    assert raw_value is not None and Seen.from_bytes(raw_value) == seen
+    store.put(2, store.key(key), seen.to_bytes())
+    assert Seen.from_bytes(store.get(2, store.key(key))) == seen
+    assert store.get(1, store.key(key)) is None  # partition 2's RocksDB only
+    decoded = store_of(table)
+    assert Seen.from_json(decoded.get(key)) == seen  # the expiry timer's view (Faust's decoding)
+    assert decoded.pop(key, None) is not None and store.get(2, store.key(key)) is None
+
+
+class _Thread:
+    """Stands in for Faust's consumer thread: records seeks."""
+
+    def __init__(self, tp: TP) -> None:
+        self.tp = tp
+        self.seeks: list[tuple[TP, int]] = []
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def assignment(self) -> set[TP]:
+        return {self.tp}
+
+
+def _records(tp: TP, offsets: list[int]) -> list[Any]:
+    from aiokafka.structs import ConsumerRecord
+
+    return [ConsumerRecord(tp.topic, tp.partition, o, 0, 0, b"k", b"v", None, 1, 1, []) for o in offsets]
+
+
+async def test_the_fetch_loop_hands_a_batch_over_or_reads_it_again_never_drops_it(pipeline: Pipeline) -> None:
+    """Faust's loop sets the read offset of a message it could not deliver when flow stops; ours seeks the
+    partition back to the batch's first record, and acks the transaction markers between records at once."""
+    from agents.consumer import GaplessConsumer
+
+    consumer: Any = pipeline.app.consumer
+    assert isinstance(consumer, GaplessConsumer)
+    tp = TP(pipeline.catalog.ingest.name, 0)
+    thread = _Thread(tp)
+    consumer._thread = cast(Any, thread)
+    consumer._committed_offset[tp] = 0
+    generation = pipeline.app.consumer_generation_id
+    tables: Any = pipeline.app.tables
+    tables.recovery.completed.set()
+    feed = consumer.feed(tp.topic)
+
+    consumer.stop_flow()  # a rebalance or a recovery starts
+    await consumer._hand_over(tp, _records(tp, [0, 1, 2]), None, generation)
+    assert thread.seeks == [(tp, 0)] and feed.queue.empty()
+
+    consumer.resume_flow()
+    await consumer._hand_over(tp, _records(tp, [0, 1, 2, 4, 7]), None, generation)  # 3, 5, 6: markers
+    batch = feed.queue.get_nowait()
+    assert [r.offset for r in batch.records] == [0, 1, 2, 4, 7] and consumer._read_offset[tp] == 7
+    consumer.ack_batch(batch)
+    assert consumer._new_offset(tp) == 8
+
+    for _ in range(4):  # the agent is busy: the feed is full
+        await consumer._hand_over(tp, _records(tp, [8]), None, generation)
+    full = asyncio.ensure_future(consumer._hand_over(tp, _records(tp, [9, 10]), None, generation))
+    await asyncio.sleep(0.01)
+    consumer.stop_flow()  # while the fetch loop waits for room
+    await full
+    assert thread.seeks[-1] == (tp, 9) and feed.queue.qsize() == 4
