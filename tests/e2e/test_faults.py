@@ -245,8 +245,12 @@ async def test_events_deleted_by_sink_topic_retention_during_an_outage_are_count
     await wait_delivered(stack, 100)
 
     proxy.set("down")
-    await produce(stack.bootstrap, stack.ingest_topic, events(100, 200))
+    # A few events open the breaker (their failures move them to a retry tier); what comes after waits in
+    # the sink topic, where retention can reach it. (Sent at once, a batch's failures would move it all to a
+    # retry tier before the breaker opens.)
+    await produce(stack.bootstrap, stack.ingest_topic, events(100, 3))
     await poll(lambda: asyncio.sleep(0, transitions(stack)), lambda t: "closed->open" in t, timeout=30, what="open")
+    await produce(stack.bootstrap, stack.ingest_topic, events(103, 197))
     await poll(lambda: topic_size(stack.bootstrap, stack.sink_topic()), lambda n: n == 300, timeout=30, what="fan-out")
     by_hash = f"{stack.ingest_topic}.by-hash"
     await poll(lambda: group_lag(stack.bootstrap, stack.app_id, by_hash), lambda n: n == 0, timeout=30, what="dedupe")
