@@ -33,6 +33,7 @@ class Drain:
     by_hash_records: int | None = None  # pipeline only: records on the by-hash topic ...
     sink_records: int | None = None  # ... and on the sink topic
     rereads: int | None = None  # pipeline only: partitions read again by the commit watchdog
+    assignments: int | None = None  # pipeline only: assignments of the app's group, summed over its workers
     commits_settled: bool | None = None  # the agents' commits reached the topics' ends after the drain
     error: str | None = None
 
@@ -90,6 +91,11 @@ class Scaleout:
         if d.by_hash_records is None or d.sink_records is None:
             return None
         return d.by_hash_records - d.events + d.sink_records - d.unique
+
+    def rebalances(self, workers: int) -> int | None:
+        """Assignments beyond each worker's first: the rebalances the lane's workers went through."""
+        d = self.drains[workers]
+        return None if d.assignments is None else d.assignments - workers
 
 
 @dataclass
@@ -301,14 +307,14 @@ def _render_scaleout(scale: Scaleout, cpus: object) -> list[str]:
     lines = ["", f"scale-out: one app, {scale.partitions} partitions, workers started together"]
     lines.append(
         f"{'workers':>7} {'events/s':>9} {'vs 1':>6} {'drain s':>8} {'start s':>8} {'CPU s/1k':>9}"
-        f" {'redone':>7} {'re-reads':>8}  rows"
+        f" {'redone':>7} {'re-reads':>8} {'rebalances':>10}  rows"
     )
     ratio = scale.ratios()
     for n, d in scale.drains.items():
         lines.append(
             f"{n:>7} {_fmt(d.rate, ',.0f'):>9} {_fmt(ratio[n], '.2f', 'x'):>6} {_fmt(d.drain_s, '.1f'):>8} "
             f"{_fmt(d.startup_s, '.1f'):>8} {_fmt(d.cpu_s_per_1k, '.3f'):>9} {_fmt_int(scale.redone(n)):>7} "
-            f"{_fmt_int(d.rereads):>8}  {d.rows:,}/{d.unique:,}"
+            f"{_fmt_int(d.rereads):>8} {_fmt_int(scale.rebalances(n)):>10}  {d.rows:,}/{d.unique:,}"
             + ("" if d.commits_settled in (None, True) else " (commits had not reached the ends)")
             + (f"  ERROR: {d.error}" if d.error else "")
         )
@@ -352,7 +358,13 @@ def _scaleout_json(scale: Scaleout | None) -> dict[str, Any] | None:
         return None
     ratio = scale.ratios()
     drains = {
-        str(n): {**asdict(d), "rate": d.rate, "ratio_to_1_worker": ratio[n], "redone": scale.redone(n)}
+        str(n): {
+            **asdict(d),
+            "rate": d.rate,
+            "ratio_to_1_worker": ratio[n],
+            "redone": scale.redone(n),
+            "rebalances": scale.rebalances(n),
+        }
         for n, d in scale.drains.items()
     }
     return {"partitions": scale.partitions, "drains": drains}

@@ -16,7 +16,7 @@ from aiokafka.partitioner import murmur2
 
 from bench import profile as profiling
 from bench.events import Backlog, Message, compact, event, make_backlog
-from bench.measure import Table, commits_settled, records, rereads, wait_rows
+from bench.measure import Table, assignments, commits_settled, records, rereads, wait_rows
 from bench.procs import Child
 from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout
 from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
@@ -196,6 +196,7 @@ async def pipeline_work(
     result.sink_records = await records(run.stack.bootstrap, sink)
     group = [children] if isinstance(children, Child) else children
     result.rereads = sum(rereads(child.log_path) for child in group)
+    result.assignments = sum(assignments(child.log_path) for child in group)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -142,9 +142,9 @@ def test_save_writes_the_timestamped_file_and_latest(tmp_path: Path) -> None:
 
 def scaled(two_s: float = 0.6, three_s: float = 0.5, **three: object) -> Scaleout:
     """1, 2 and 3 workers draining 1,000 events (700 unique) in 1.0, two_s and three_s seconds."""
-    drains = {1: drain("pipelinex1", 1.0, by_hash_records=1000, sink_records=700, rereads=0)}
-    drains[2] = drain("pipelinex2", two_s, by_hash_records=1000, sink_records=700, rereads=0)
-    drains[3] = drain("pipelinex3", three_s, by_hash_records=1012, sink_records=705, rereads=1, **three)
+    drains = {1: drain("pipelinex1", 1.0, by_hash_records=1000, sink_records=700, rereads=0, assignments=1)}
+    drains[2] = drain("pipelinex2", two_s, by_hash_records=1000, sink_records=700, rereads=0, assignments=2)
+    drains[3] = drain("pipelinex3", three_s, by_hash_records=1012, sink_records=705, rereads=1, assignments=5, **three)
     return Scaleout(partitions=6, drains=drains)
 
 
@@ -153,6 +153,7 @@ def test_scaleout_ratios_are_to_the_one_worker_drain_of_the_same_run() -> None:
     assert scale.ratios() == pytest.approx({1: 1.0, 2: 1 / 0.6, 3: 2.0})
     assert scale.redone(1) == 0
     assert scale.redone(3) == 12 + 5
+    assert [scale.rebalances(n) for n in (1, 2, 3)] == [0, 0, 2]
     without_base = Scaleout(partitions=6, drains={2: scale.drains[2]})
     assert without_base.ratios() == {2: None}
     failed = scaled(error="TimeoutError: late")
@@ -184,6 +185,7 @@ def test_render_and_json_show_the_partitions_rates_ratios_and_the_cpu_caveat(tmp
     assert data["scaleout"]["partitions"] == 6
     assert data["scaleout"]["drains"]["3"]["ratio_to_1_worker"] == pytest.approx(2.0)
     assert data["scaleout"]["drains"]["3"]["redone"] == 17
+    assert data["scaleout"]["drains"]["3"]["rebalances"] == 2
     assert data["scaleout"]["drains"]["2"]["rate"] == pytest.approx(1000 / 0.6)
 
 
@@ -196,6 +198,22 @@ def test_the_scaleout_part_needs_a_partition_per_worker() -> None:
         with pytest.raises(SystemExit):
             parse_args(["--only", "scaleout", *argv])
     assert parse_args(["--only", "drain", "--partitions", "2"]).partitions == 2
+
+
+def test_worker_logs_count_the_app_group_assignments_and_the_rereads(tmp_path: Path) -> None:
+    from bench.measure import assignments, rereads
+
+    log = tmp_path / "worker.log"
+    lines = [
+        {"event": "partitions assigned", "assigned": {"ingest": [0, 1]}},
+        {"event": "delivery partitions assigned", "assigned": {"sink": [0]}},
+        {"event": "partitions assigned", "assigned": {"ingest": [1]}},
+        {"event": "commit stalled on a record never processed; reading the partition again from it"},
+    ]
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json: partitions assigned\n")
+    assert assignments(log) == 2
+    assert rereads(log) == 1
+    assert assignments(tmp_path / "missing.log") == 0
 
 
 def test_profile_summary_ranks_own_and_cumulative_time_below_the_loop_dispatch() -> None:
