@@ -2,13 +2,15 @@
 
     make bench                                   # every part with the defaults (200,000 events)
     make bench ARGS="--events 20000"             # a smaller backlog
-    make bench ARGS="--only drain,latency"       # some parts: drain, reliability, latency, rss, profile
+    make bench ARGS="--only drain,latency"       # some parts: drain, reliability, scaleout, latency, rss, profile
     make bench ARGS="--check"                    # exit 1 when a target is missed
 
 Parts (each contender on its own topics, consumer groups and table; every stage has a timeout):
   drain        the pipeline worker, the bare loop and the naive Faust agent drain the same backlog
   reliability  the pipeline again with breakers and retry tiers off (TSDB_BREAKER_ENABLED=false,
                TSDB_MAX_RETRIES=0): what the machinery costs on the healthy path
+  scaleout     1, 2 and 3 (--workers) pipeline workers of one app, started together, drain the same backlog:
+               each drain rate and its ratio to the 1-worker drain (needs --partitions >= the most workers)
   latency      publish -> row at half the pipeline's measured drain rate
   rss          peak RSS of a worker whose dedupe table holds --dedupe-entries hashes
   profile      py-spy on a worker draining --profile-events (not in the default set)
@@ -39,8 +41,8 @@ from bench.procs import stop_all
 from bench.report import BARE, NAIVE, NO_RELIABILITY, PIPELINE, Results, Targets, checks, render, save
 from bench.stack import REPO, cleanup, close_stack, open_stack
 
-PARTS = ("drain", "reliability", "latency", "rss", "profile")
-DEFAULT_PARTS = ("drain", "reliability", "latency", "rss")
+PARTS = ("drain", "reliability", "scaleout", "latency", "rss", "profile")
+DEFAULT_PARTS = ("drain", "reliability", "scaleout", "latency", "rss")
 RESULTS = REPO / "bench" / "results"
 
 
@@ -53,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=6, help="partitions of every topic (6, as topics.yaml)")
     p.add_argument("--only", default=",".join(DEFAULT_PARTS), help=f"comma-separated parts of {', '.join(PARTS)}")
     p.add_argument("--profile", action="store_true", help="add the profile part")
+    p.add_argument("--workers", default="1,2,3", help="worker counts of the scaleout part (1,2,3)")
     p.add_argument("--latency-seconds", type=float, default=30.0, help="length of the offered load (30)")
     p.add_argument("--latency-rate", type=float, help="offered events/s (default: half the measured drain rate)")
     p.add_argument("--dedupe-entries", type=int, default=1_000_000, help="hashes in the table for rss (1000000)")
@@ -71,6 +74,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     args.parts = [part for part in PARTS if part in parts]
+    try:
+        args.workers = sorted({int(n) for n in args.workers.split(",") if n.strip()})
+    except ValueError:
+        p.error(f"--workers takes comma-separated counts, not {args.workers!r}")
+    if "scaleout" in args.parts:
+        if not args.workers or args.workers[0] != 1:
+            p.error("--workers must start at 1: the ratios are to the 1-worker drain")
+        if args.partitions < args.workers[-1]:
+            p.error(f"--partitions {args.partitions} < {args.workers[-1]} workers: a worker would sit idle")
     return args
 
 
@@ -87,6 +99,7 @@ def meta(args: argparse.Namespace, run: runs.Run) -> dict[str, object]:
         "duplicate_share": args.duplicates,
         "partitions": args.partitions,
         "parts": args.parts,
+        "scaleout_workers": args.workers if "scaleout" in args.parts else None,
         "cpus": os.cpu_count(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
@@ -106,8 +119,9 @@ def previous_rate(directory: Path) -> float | None:
 
 async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp: str) -> None:
     parts = args.parts
-    if "drain" in parts or "reliability" in parts:
-        backlog = make_backlog(args.events, args.duplicates, args.partitions)
+    drains = {"drain", "reliability", "scaleout"} & set(parts)
+    backlog = make_backlog(args.events, args.duplicates, args.partitions) if drains else None
+    if backlog is not None and ("drain" in parts or "reliability" in parts):
         contenders = [PIPELINE, BARE, NAIVE] if "drain" in parts else []
         if "reliability" in parts:
             contenders += [NO_RELIABILITY] + ([] if "drain" in parts else [PIPELINE])
@@ -119,6 +133,8 @@ async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp
             print(
                 f"bench:   {name}: {d.rate or 0:,.0f} events/s" + (f" ERROR {d.error}" if d.error else ""), flush=True
             )
+    if backlog is not None and "scaleout" in parts:
+        results.scaleout = await runs.scaleout(run, backlog, args.workers)
     if "latency" in parts:
         pipe = results.drains.get(PIPELINE)
         rate = args.latency_rate or (pipe.rate / 2 if pipe and pipe.rate else None)

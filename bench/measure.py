@@ -15,6 +15,7 @@ from pipeline.observability.lag import group_lag, topic_ends
 from pipeline.sinks.postgres.sink import quote_ident
 
 # The commit watchdog's log events that read a partition again (agents/watchdog.py).
+ASSIGNED_EVENT = "partitions assigned"
 REREAD_MARK = "reading the partition again"
 
 
@@ -116,17 +117,27 @@ async def commits_settled(bootstrap: str, group: str, topics: list[str], timeout
 
 def rereads(log_path: Path) -> int:
     """Re-reads the commit watchdog logged (JSON log lines whose event says it reads a partition again)."""
+    return logged(log_path, REREAD_MARK)
+
+
+def assignments(log_path: Path) -> int:
+    """Assignments of the app's own consumer group a worker logged (its first one, then one per rebalance)."""
+    return logged(log_path, ASSIGNED_EVENT, exact=True)
+
+
+def logged(log_path: Path, mark: str, *, exact: bool = False) -> int:
+    """JSON log lines whose event contains `mark` (or is `mark`, with `exact`)."""
     count = 0
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
         return 0
     for line in text.splitlines():
-        if REREAD_MARK not in line:
+        if mark not in line:
             continue
         try:
-            event = json.loads(line).get("event", "")
+            event = str(json.loads(line).get("event", ""))
         except ValueError:
             event = line
-        count += REREAD_MARK in str(event)
+        count += event == mark if exact else mark in event
     return count

@@ -33,6 +33,7 @@ class Drain:
     by_hash_records: int | None = None  # pipeline only: records on the by-hash topic ...
     sink_records: int | None = None  # ... and on the sink topic
     rereads: int | None = None  # pipeline only: partitions read again by the commit watchdog
+    assignments: int | None = None  # pipeline only: assignments of the app's group, summed over its workers
     commits_settled: bool | None = None  # the agents' commits reached the topics' ends after the drain
     error: str | None = None
 
@@ -72,6 +73,32 @@ class Rss1M:
 
 
 @dataclass
+class Scaleout:
+    """The same backlog drained by 1, 2, 3 ... `pipeline worker` processes of one app, started together:
+    `drains[n]` is the n-worker lane (CPU seconds summed over its workers, peak RSS their largest)."""
+
+    partitions: int
+    drains: dict[int, Drain] = field(default_factory=dict)
+
+    def ratios(self) -> dict[int, float | None]:
+        """Each lane's drain rate over the 1-worker lane's in the same run."""
+        base = self.drains.get(1)
+        return {n: _ratio(d.rate, base.rate if base else None) for n, d in self.drains.items()}
+
+    def redone(self, workers: int) -> int | None:
+        """Work done more than once: by-hash records beyond the events plus sink records beyond the unique."""
+        d = self.drains[workers]
+        if d.by_hash_records is None or d.sink_records is None:
+            return None
+        return d.by_hash_records - d.events + d.sink_records - d.unique
+
+    def rebalances(self, workers: int) -> int | None:
+        """Assignments beyond each worker's first: the rebalances the lane's workers went through."""
+        d = self.drains[workers]
+        return None if d.assignments is None else d.assignments - workers
+
+
+@dataclass
 class Targets:
     """The issue's targets (one worker process on a 2-core machine)."""
 
@@ -97,6 +124,7 @@ class Results:
     latency: Latency | None = None
     rss_1m: Rss1M | None = None
     profile: dict[str, Any] | None = None
+    scaleout: Scaleout | None = None
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -175,6 +203,8 @@ def checks(results: Results, targets: Targets) -> list[Check]:
         p99 = results.latency.percentiles_ms.get("p99")
         ok = results.latency.error is None and p99 is not None and p99 <= targets.p99_ms
         out.append(Check("p99 latency at half max rate", f"<= {targets.p99_ms:g} ms", _fmt(p99, ".0f", " ms"), ok))
+    if results.scaleout is not None:
+        out.extend(_scaleout_checks(results.scaleout))
     if results.rss_1m is not None:
         rss = results.rss_1m
         peak = rss.drain.peak_rss_mb if rss.drain is not None else None
@@ -182,6 +212,22 @@ def checks(results: Results, targets: Targets) -> list[Check]:
         ok = rss.error is None and peak is not None and peak <= targets.rss_1m_mb and held
         shown = _fmt(peak, ".0f", " MB") + ("" if held else " (seeded hashes not all held)")
         out.append(Check(f"RSS with {rss.entries:,} hashes", f"<= {targets.rss_1m_mb:g} MB", shown, ok))
+    return out
+
+
+def _scaleout_checks(scale: Scaleout) -> list[Check]:
+    """Exactly one row per unique event in every lane; the ratios are reported, with no target (how far
+    they grow depends on the cores the workers get, not only on the design)."""
+    out: list[Check] = []
+    for n, d in scale.drains.items():
+        name = f"scale-out {n} worker{'s' if n > 1 else ''}"
+        if d.error:
+            out.append(Check(f"{name} drained", "no error", d.error, False))
+            continue
+        out.append(Check(f"{name} rows", f"== {d.unique} unique", str(d.rows), d.rows == d.unique))
+        if n > 1:
+            ratio = scale.ratios()[n]
+            out.append(Check(f"{name} drain vs 1 worker", "reported", _fmt(ratio, ".2f", "x"), True))
     return out
 
 
@@ -238,6 +284,8 @@ def render(results: Results, targets: Targets) -> str:
             f"drain {_fmt(rd.rate if rd else None, ',.0f', ' events/s')}, seeded duplicates dropped: "
             f"{rss.seeded_duplicates_dropped}" + (f"  ERROR: {rss.error}" if rss.error else "")
         )
+    if results.scaleout is not None:
+        lines.extend(_render_scaleout(results.scaleout, results.meta.get("cpus")))
     if results.profile is not None:
         profile = results.profile
         lines.append(
@@ -253,6 +301,30 @@ def render(results: Results, targets: Targets) -> str:
     for check in checks(results, targets):
         lines.append(f"  [{'ok' if check.ok else 'MISS'}] {check.name}: {check.value} (target {check.target})")
     return "\n".join(lines)
+
+
+def _render_scaleout(scale: Scaleout, cpus: object) -> list[str]:
+    lines = ["", f"scale-out: one app, {scale.partitions} partitions, workers started together"]
+    lines.append(
+        f"{'workers':>7} {'events/s':>9} {'vs 1':>6} {'drain s':>8} {'start s':>8} {'CPU s/1k':>9}"
+        f" {'redone':>7} {'re-reads':>8} {'rebalances':>10}  rows"
+    )
+    ratio = scale.ratios()
+    for n, d in scale.drains.items():
+        lines.append(
+            f"{n:>7} {_fmt(d.rate, ',.0f'):>9} {_fmt(ratio[n], '.2f', 'x'):>6} {_fmt(d.drain_s, '.1f'):>8} "
+            f"{_fmt(d.startup_s, '.1f'):>8} {_fmt(d.cpu_s_per_1k, '.3f'):>9} {_fmt_int(scale.redone(n)):>7} "
+            f"{_fmt_int(d.rereads):>8} {_fmt_int(scale.rebalances(n)):>10}  {d.rows:,}/{d.unique:,}"
+            + ("" if d.commits_settled in (None, True) else " (commits had not reached the ends)")
+            + (f"  ERROR: {d.error}" if d.error else "")
+        )
+    most = max(scale.drains, default=0)
+    if isinstance(cpus, int) and most > cpus:
+        lines.append(
+            f"  {most} workers share {cpus} CPUs here: the drain is CPU-bound on this host, so the ratios show "
+            "the workers' contention for cores, not the design's limit (that is the partition count)"
+        )
+    return lines
 
 
 def _fmt_int(value: int | None) -> str:
@@ -275,9 +347,27 @@ def to_json(results: Results, targets: Targets) -> dict[str, Any]:
         "latency": asdict(results.latency) if results.latency else None,
         "rss_1m": rss,
         "profile": results.profile,
+        "scaleout": _scaleout_json(results.scaleout),
         "targets": asdict(targets),
         "checks": [asdict(c) for c in checks(results, targets)],
     }
+
+
+def _scaleout_json(scale: Scaleout | None) -> dict[str, Any] | None:
+    if scale is None:
+        return None
+    ratio = scale.ratios()
+    drains = {
+        str(n): {
+            **asdict(d),
+            "rate": d.rate,
+            "ratio_to_1_worker": ratio[n],
+            "redone": scale.redone(n),
+            "rebalances": scale.rebalances(n),
+        }
+        for n, d in scale.drains.items()
+    }
+    return {"partitions": scale.partitions, "drains": drains}
 
 
 def save(results: Results, targets: Targets, directory: Path, now: datetime | None = None) -> Path:

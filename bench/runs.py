@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from aiokafka.partitioner import murmur2
 
 from bench import profile as profiling
 from bench.events import Backlog, Message, compact, event, make_backlog
-from bench.measure import Table, commits_settled, records, rereads, wait_rows
+from bench.measure import Table, assignments, commits_settled, records, rereads, wait_rows
 from bench.procs import Child
-from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M
+from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout
 from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
 from pipeline.config import load_settings
 from pipeline.events import parse_event
@@ -53,9 +54,11 @@ class Run:
 # Contenders: a process that drains a lane's ingest topic into its table
 
 
-def pipeline_worker(run: Run, lane: Lane, **overrides: str) -> Child:
+def pipeline_worker(run: Run, lane: Lane, tag: str = "worker", **overrides: str) -> Child:
+    """A `pipeline worker` of the lane's app, logging to `<lane dir>/<tag>.log`."""
     env = child_env(lane.worker_env(run.stack, **overrides))
-    return Child(lane.name, python("-m", "pipeline.cli.main", "worker"), env, lane.dir / "worker.log", lane.dir)
+    argv = python("-m", "pipeline.cli.main", "worker")
+    return Child(f"{lane.name}/{tag}", argv, env, lane.dir / f"{tag}.log", lane.dir)
 
 
 def bare_loop(run: Run, lane: Lane) -> Child:
@@ -86,38 +89,51 @@ async def prepare(run: Run, lane: Lane, *, pipeline: bool, env: dict[str, str] |
         await create_topic(run.stack, lane.ingest_topic, run.partitions)
 
 
-async def observe(child: Child, table: Table, result: Drain, want: int, deadline: float) -> None:
-    """Start `child` and follow the table until it holds `want` rows: start-up, drain time, the drain's CPU
-    seconds, peak RSS and the rows-over-time curve go into `result`."""
-    child.start()
+async def observe(children: Child | Sequence[Child], table: Table, result: Drain, want: int, deadline: float) -> None:
+    """Start the children (one contender: one process, or the workers of one app) together and follow the
+    table until it holds `want` rows: start-up, drain time, the drain's CPU seconds (summed), peak RSS (the
+    largest) and the rows-over-time curve go into `result`."""
+    group = [children] if isinstance(children, Child) else list(children)
+    for child in group:
+        child.start()
+    started = min(child.started for child in group)
     while not await table.any_row():
-        if (problem := child.exit_problem()) is not None:
-            raise RuntimeError(problem)
+        _alive(group)
         if time.monotonic() > deadline:
             raise TimeoutError("no row when the stage's time ran out")
         await asyncio.sleep(FIRST_ROW_POLL_SEC)
-    cpu_first = child.cpu_seconds()
+    cpu_first = _cpu(group)
     while True:
         rows = await table.rows()
-        cpu = child.cpu_seconds()
+        cpu = _cpu(group)
         if rows >= want:
             break
-        if (problem := child.exit_problem()) is not None:
-            raise RuntimeError(problem)
+        _alive(group)
         if time.monotonic() > deadline:
             raise TimeoutError(f"{rows:,} of {want:,} rows when the stage's time ran out")
         await asyncio.sleep(POLL_SEC)
-    memory = child.memory_mb()
-    result.peak_rss_mb = memory[1] if memory else None
+    peaks = [memory[1] for child in group if (memory := child.memory_mb())]
+    result.peak_rss_mb = max(peaks) if peaks else None
     if cpu is not None and cpu_first is not None:
         result.cpu_s = cpu - cpu_first
     result.cpu_total_s = cpu
     span = await table.span()
     assert span is not None
-    result.startup_s = span[0] - child.started
+    result.startup_s = span[0] - started
     result.drain_s = span[1] - span[0]
-    result.timeline = await table.timeline(child.started)
+    result.timeline = await table.timeline(started)
     result.rows = await table.rows()
+
+
+def _alive(group: Sequence[Child]) -> None:
+    for child in group:
+        if (problem := child.exit_problem()) is not None:
+            raise RuntimeError(problem)
+
+
+def _cpu(group: Sequence[Child]) -> float | None:
+    seconds = [child.cpu_seconds() for child in group]
+    return None if None in seconds else sum(s for s in seconds if s is not None)
 
 
 async def drain(run: Run, name: str, backlog: Backlog, overrides: dict[str, str] | None = None) -> Drain:
@@ -126,37 +142,46 @@ async def drain(run: Run, name: str, backlog: Backlog, overrides: dict[str, str]
     is_pipeline = name in (PIPELINE, NO_RELIABILITY)
     result = Drain(contender=name, events=backlog.events, unique=backlog.unique)
     env = lane.worker_env(run.stack, **(overrides or {}))
-    child: Child | None = None
+    if is_pipeline:
+        child = pipeline_worker(run, lane, **(overrides or {}))
+    elif name == BARE:
+        child = bare_loop(run, lane)
+    else:
+        child = naive_faust(run, lane)
+    return await drain_lane(run, lane, backlog, result, [child], pipeline=is_pipeline, env=env)
+
+
+async def drain_lane(
+    run: Run, lane: Lane, backlog: Backlog, result: Drain, group: list[Child], *, pipeline: bool, env: dict[str, str]
+) -> Drain:
+    """Prepare the lane, pre-fill its ingest topic with the backlog, start the group (one contender's
+    processes) together and time the drain into `result`; for the pipeline, then the work redone."""
     table: Table | None = None
     try:
         async with asyncio.timeout(run.timeout(backlog.events)):
             deadline = time.monotonic() + run.timeout(backlog.events)
-            await prepare(run, lane, pipeline=is_pipeline, env=env)
+            await prepare(run, lane, pipeline=pipeline, env=env)
             table = await Table.open(run.stack.dsn, lane.table)
             await produce(run.stack, lane.ingest_topic, backlog.messages)
-            if is_pipeline:
-                child = pipeline_worker(run, lane, **(overrides or {}))
-            elif name == BARE:
-                child = bare_loop(run, lane)
-            else:
-                child = naive_faust(run, lane)
-            await observe(child, table, result, backlog.unique, deadline)
-        if is_pipeline and child is not None:
-            await pipeline_work(run, lane, env, child, result)
+            await observe(group, table, result, backlog.unique, deadline)
+        if pipeline:
+            await pipeline_work(run, lane, env, group, result)
             result.rows = await table.rows()
     except (TimeoutError, RuntimeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         if table is not None:
             result.rows = await table.rows()
     finally:
-        if child is not None:
+        for child in group:
             child.stop()
         if table is not None:
             await table.close()
     return result
 
 
-async def pipeline_work(run: Run, lane: Lane, env: dict[str, str], child: Child, result: Drain) -> None:
+async def pipeline_work(
+    run: Run, lane: Lane, env: dict[str, str], children: Child | Sequence[Child], result: Drain
+) -> None:
     """Work redone: records on the by-hash and sink topics once the agents' commits reached the ends, and
     the partitions the commit watchdog read again."""
     settings = load_settings(environ=env)
@@ -169,7 +194,33 @@ async def pipeline_work(run: Run, lane: Lane, env: dict[str, str], child: Child,
     )
     result.by_hash_records = await records(run.stack.bootstrap, by_hash)
     result.sink_records = await records(run.stack.bootstrap, sink)
-    result.rereads = rereads(child.log_path)
+    group = [children] if isinstance(children, Child) else children
+    result.rereads = sum(rereads(child.log_path) for child in group)
+    result.assignments = sum(assignments(child.log_path) for child in group)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scale-out: the same backlog drained by 1, 2, 3 ... workers of one app
+
+
+async def scaleout(run: Run, backlog: Backlog, workers: Sequence[int]) -> Scaleout:
+    """For each count in `workers`, a lane of its own (topics, group, table) pre-filled with the backlog, then
+    that many `pipeline worker` processes of the lane's app, each with its own data directory, started
+    together; timed from the lane's first row to its last unique row as `drain` is."""
+    result = Scaleout(partitions=run.partitions)
+    for n in workers:
+        print(f"bench: draining {backlog.events:,} events with {n} pipeline worker(s) ...", flush=True)
+        result.drains[n] = await _scaleout_lane(run, backlog, n)
+        d = result.drains[n]
+        print(f"bench:   {n} worker(s): {d.rate or 0:,.0f} events/s" + (f" ERROR {d.error}" if d.error else ""))
+    return result
+
+
+async def _scaleout_lane(run: Run, backlog: Backlog, n: int) -> Drain:
+    lane = run.lane(f"scaleout-{n}")
+    result = Drain(contender=f"{PIPELINE}x{n}", events=backlog.events, unique=backlog.unique)
+    group = [pipeline_worker(run, lane, f"worker-{i}", PIPELINE_DATA_DIR=str(lane.dir / f"data-{i}")) for i in range(n)]
+    return await drain_lane(run, lane, backlog, result, group, pipeline=True, env=lane.worker_env(run.stack))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from bench.report import (
     Latency,
     Results,
     Rss1M,
+    Scaleout,
     Targets,
     checks,
     latency_percentiles,
@@ -137,6 +138,82 @@ def test_save_writes_the_timestamped_file_and_latest(tmp_path: Path) -> None:
     assert data["drains"][PIPELINE]["rate"] == 1000.0
     assert data["ratios"]["pipeline_vs_naive"] == pytest.approx(10.0)
     assert {c["name"] for c in data["checks"]} >= {"partition re-reads", "breakers+tiers cost"}
+
+
+def scaled(two_s: float = 0.6, three_s: float = 0.5, **three: object) -> Scaleout:
+    """1, 2 and 3 workers draining 1,000 events (700 unique) in 1.0, two_s and three_s seconds."""
+    drains = {1: drain("pipelinex1", 1.0, by_hash_records=1000, sink_records=700, rereads=0, assignments=1)}
+    drains[2] = drain("pipelinex2", two_s, by_hash_records=1000, sink_records=700, rereads=0, assignments=2)
+    drains[3] = drain("pipelinex3", three_s, by_hash_records=1012, sink_records=705, rereads=1, assignments=5, **three)
+    return Scaleout(partitions=6, drains=drains)
+
+
+def test_scaleout_ratios_are_to_the_one_worker_drain_of_the_same_run() -> None:
+    scale = scaled()
+    assert scale.ratios() == pytest.approx({1: 1.0, 2: 1 / 0.6, 3: 2.0})
+    assert scale.redone(1) == 0
+    assert scale.redone(3) == 12 + 5
+    assert [scale.rebalances(n) for n in (1, 2, 3)] == [0, 0, 2]
+    without_base = Scaleout(partitions=6, drains={2: scale.drains[2]})
+    assert without_base.ratios() == {2: None}
+    failed = scaled(error="TimeoutError: late")
+    assert failed.ratios()[3] is None
+    assert Scaleout(partitions=6, drains={1: drain("x", 1.0)}).redone(1) is None
+
+
+def test_scaleout_checks_rows_and_reports_the_ratios_without_a_target() -> None:
+    results = Results(meta={"cpus": 2}, scaleout=scaled(two_s=2.0))
+    found = {c.name: c for c in checks(results, Targets())}
+    assert found["scale-out 3 workers rows"].ok
+    assert found["scale-out 2 workers drain vs 1 worker"].target == "reported"
+    assert found["scale-out 2 workers drain vs 1 worker"].ok  # slower with two: reported, not a miss
+    assert found["scale-out 2 workers drain vs 1 worker"].value == "0.50x"
+    short = Results(scaleout=scaled(rows=699))
+    assert not by_name(short)["scale-out 3 workers rows"]
+    failed = by_name(Results(scaleout=scaled(error="RuntimeError: exited")))
+    assert not failed["scale-out 3 workers drained"]
+    assert "scale-out 3 workers drain vs 1 worker" not in failed
+
+
+def test_render_and_json_show_the_partitions_rates_ratios_and_the_cpu_caveat(tmp_path: Path) -> None:
+    results = Results(meta={"events": 1000, "partitions": 6, "cpus": 2}, scaleout=scaled())
+    text = render(results, Targets())
+    for needle in ("scale-out: one app, 6 partitions", "2.00x", "1.67x", "3 workers share 2 CPUs", "CPU-bound"):
+        assert needle in text, needle
+    assert "CPU-bound" not in render(Results(meta={**results.meta, "cpus": 4}, scaleout=scaled()), Targets())
+    data = json.loads(save(results, Targets(), tmp_path).read_text())
+    assert data["scaleout"]["partitions"] == 6
+    assert data["scaleout"]["drains"]["3"]["ratio_to_1_worker"] == pytest.approx(2.0)
+    assert data["scaleout"]["drains"]["3"]["redone"] == 17
+    assert data["scaleout"]["drains"]["3"]["rebalances"] == 2
+    assert data["scaleout"]["drains"]["2"]["rate"] == pytest.approx(1000 / 0.6)
+
+
+def test_the_scaleout_part_needs_a_partition_per_worker() -> None:
+    from bench.__main__ import parse_args
+
+    assert parse_args(["--only", "scaleout"]).workers == [1, 2, 3]
+    assert parse_args(["--only", "scaleout", "--workers", "3,1", "--partitions", "3"]).workers == [1, 3]
+    for argv in (["--partitions", "2"], ["--workers", "2,3"], ["--workers", "a"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--only", "scaleout", *argv])
+    assert parse_args(["--only", "drain", "--partitions", "2"]).partitions == 2
+
+
+def test_worker_logs_count_the_app_group_assignments_and_the_rereads(tmp_path: Path) -> None:
+    from bench.measure import assignments, rereads
+
+    log = tmp_path / "worker.log"
+    lines = [
+        {"event": "partitions assigned", "assigned": {"ingest": [0, 1]}},
+        {"event": "delivery partitions assigned", "assigned": {"sink": [0]}},
+        {"event": "partitions assigned", "assigned": {"ingest": [1]}},
+        {"event": "commit stalled on a record never processed; reading the partition again from it"},
+    ]
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json: partitions assigned\n")
+    assert assignments(log) == 2
+    assert rereads(log) == 1
+    assert assignments(tmp_path / "missing.log") == 0
 
 
 def test_profile_summary_ranks_own_and_cumulative_time_below_the_loop_dispatch() -> None:
