@@ -169,3 +169,5 @@ def init_sink(sink: str, tiers: Sequence[str]) -> None:
         SINK_RETRIES.labels(sink, tier)
     for gauge in (QUEUE_SIZE, QUEUE_BYTES, BACKLOG_AGE, BREAKER_FORCED, CIRCUIT_STATE):
         gauge.labels(sink)
+    for histogram in (SINK_WRITE_SECONDS, SINK_BATCH_SIZE):  # the first write is an increase from 0
+        histogram.labels(sink)

@@ -258,3 +258,20 @@ def test_health_cli_exit_status_and_text() -> None:
     assert "status: degraded" in text and "sink:tsdb: degraded" in text and "t.dlq: 2" in text
     assert default_url("0.0.0.0", 6066) == "http://127.0.0.1:6066"
     assert default_url("::1", 7) == "http://[::1]:7"
+
+
+def test_a_sinks_series_exist_at_zero_before_its_first_write() -> None:
+    """rate() and histogram_quantile() see the first write only as an increase from 0."""
+    from prometheus_client import generate_latest
+
+    from pipeline.observability import metrics
+
+    metrics.init_sink("zero-sink", ["1s"])
+    text = generate_latest(metrics.REGISTRY).decode()
+    for series in (
+        'mship_sink_write_seconds_bucket{le="0.005",sink="zero-sink"} 0.0',
+        'pipeline_sink_batch_size_count{sink="zero-sink"} 0.0',
+        'mship_sink_retry_total{sink="zero-sink",tier="1s"} 0.0',
+        'pipeline_sink_events_written_total{sink="zero-sink"} 0.0',
+    ):
+        assert series in text, series
