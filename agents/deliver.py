@@ -17,6 +17,7 @@ from pipeline.delivery.status import RunnerStatus
 from pipeline.delivery.supervisor import RunnerCrashLoop, supervise
 from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
+from pipeline.produce import acked_producer
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
 from pipeline.sinks.base import Sink
 from pipeline.sinks.registry import create_sink
@@ -47,14 +48,10 @@ class DeliveryService(Service):
     async def on_start(self) -> None:
         settings = self.pipeline.settings
         kafka = settings.kafka
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.servers,
+        self._producer = acked_producer(
+            kafka,
             client_id=f"{kafka.client_id}-deliver",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=producer_request_bytes(self.pipeline.catalog),  # pipeline.limits: the topics' size
-            **kafka.client_kwargs(),
+            max_request_size=producer_request_bytes(self.pipeline.catalog),
         )
         await self._producer.start()
         for sink_settings in settings.enabled_sinks():

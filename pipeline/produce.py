@@ -41,20 +41,32 @@ def partition_for(key: bytes | None, partitions: int, fallback: int = 0) -> int:
     return (hashed & 0x7FFFFFFF) % partitions
 
 
+def acked_producer(
+    kafka: KafkaSettings, *, client_id: str, max_request_size: int, **overrides: Any
+) -> AIOKafkaProducer:
+    """The pipeline's producer (not started): acks=all, idempotent, a short linger, the cluster's security
+    settings, and `max_request_size` from pipeline.limits. Every producer of the pipeline is one of these."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.servers,
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": LINGER_MS,
+        "max_request_size": max_request_size,
+        **kafka.client_kwargs(),
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
 class BatchProducer:
     def __init__(self, kafka: KafkaSettings, *, client_id: str, max_request_size: int, **overrides: Any) -> None:
-        options: dict[str, Any] = {
-            "bootstrap_servers": kafka.servers,
-            "client_id": client_id,
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": LINGER_MS,
-            "max_batch_size": MAX_BATCH_BYTES,
-            "max_request_size": max_request_size,
-            **kafka.client_kwargs(),
-        }
-        options.update(overrides)
-        self._producer = AIOKafkaProducer(**options)
+        self._producer = acked_producer(
+            kafka,
+            client_id=client_id,
+            max_request_size=max_request_size,
+            **{"max_batch_size": MAX_BATCH_BYTES, **overrides},
+        )
         self._partitions: dict[str, int] = {}
         self._spread = 0
 

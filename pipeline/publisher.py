@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from pipeline import headers as h
 from pipeline.config import Settings
 from pipeline.events import Rejection, parse_event
 from pipeline.limits import ingest_message_bytes
+from pipeline.produce import acked_producer
 
 
 @dataclass
@@ -43,14 +43,11 @@ class Publisher:
         self.key_field = key_field
         self.validate = validate
         self.headers = [(k, v.encode()) for k, v in (headers or {}).items()]
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka.servers,
-            client_id=f"{settings.kafka.client_id}-publisher",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
+        kafka = settings.kafka
+        self._producer = acked_producer(
+            kafka,
+            client_id=f"{kafka.client_id}-publisher",
             max_request_size=ingest_message_bytes(settings.max_event_bytes),
-            **settings.kafka.client_kwargs(),
         )
 
     async def __aenter__(self) -> Publisher:

@@ -19,6 +19,7 @@ from pipeline.config import KafkaSettings, Settings
 from pipeline.dlq.errors import MissingTopic, UnknownSink
 from pipeline.dlq.records import DeadLetter
 from pipeline.limits import producer_request_bytes
+from pipeline.produce import acked_producer
 from pipeline.topics import TopicCatalog
 
 INGEST = "ingest"
@@ -97,15 +98,11 @@ def consumer(
 
 
 def producer(kafka: KafkaSettings, catalog: TopicCatalog, transactional_id: str | None = None) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=kafka.servers,
+    return acked_producer(
+        kafka,
         client_id=f"{kafka.client_id}-dlq",
-        acks="all",
-        enable_idempotence=True,
-        transactional_id=transactional_id,
         max_request_size=producer_request_bytes(catalog),
-        linger_ms=5,
-        **kafka.client_kwargs(),
+        transactional_id=transactional_id,
     )
 
 

@@ -27,7 +27,9 @@ from aiokafka.errors import KafkaError
 from pipeline import headers as h
 from pipeline.config import Settings
 from pipeline.ingest import Origin, route
+from pipeline.limits import ingest_message_bytes
 from pipeline.observability import metrics
+from pipeline.produce import acked_producer
 from pipeline.reliability.ratelimit import ClientBuckets
 from pipeline.web.auth import authorized, refuse
 
@@ -129,15 +131,11 @@ class IngestEndpoint:
         async with self._lock:
             if self._producer is None:
                 kafka = self.settings.kafka
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=kafka.servers,
+                producer = acked_producer(
+                    kafka,
                     client_id=f"{kafka.client_id}-http-ingest",
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=5,
+                    max_request_size=ingest_message_bytes(self.settings.max_event_bytes),
                     request_timeout_ms=int(self.settings.ingest_http_timeout_sec * 1000),
-                    max_request_size=max(1_048_576, self.settings.max_event_bytes + 65_536),
-                    **kafka.client_kwargs(),
                 )
                 try:
                     async with asyncio.timeout(self.settings.ingest_http_timeout_sec):
