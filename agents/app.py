@@ -76,6 +76,7 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         # at shutdown or rebalance would wait on a sink that may be down. Unacked events are redelivered.
         stream_wait_empty=False,
         table_cleanup_interval=30.0,
+        table_standby_replicas=settings.dedupe_standby_replicas,
         # Faust's web server (its /router/ and /table/ views reveal dedupe keys) stays off; the worker's
         # own (pipeline.web) serves metrics, health, admin and ingest.
         web_enabled=False,

@@ -56,6 +56,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(DEFAULT_PARTS), help=f"comma-separated parts of {', '.join(PARTS)}")
     p.add_argument("--profile", action="store_true", help="add the profile part")
     p.add_argument("--workers", default="1,2,3", help="worker counts of the scaleout part (1,2,3)")
+    p.add_argument(
+        "--sink-rtt-ms",
+        type=float,
+        default=0.0,
+        help="scaleout: reach PostgreSQL through a proxy adding this round trip, a remote database (0: none)",
+    )
+    p.add_argument(
+        "--scaleout-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="scaleout: a setting for every worker, e.g. DEDUPE_STANDBY_REPLICAS=0 (repeatable)",
+    )
     p.add_argument("--latency-seconds", type=float, default=30.0, help="length of the offered load (30)")
     p.add_argument("--latency-rate", type=float, help="offered events/s (default: half the measured drain rate)")
     p.add_argument("--dedupe-entries", type=int, default=1_000_000, help="hashes in the table for rss (1000000)")
@@ -78,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.workers = sorted({int(n) for n in args.workers.split(",") if n.strip()})
     except ValueError:
         p.error(f"--workers takes comma-separated counts, not {args.workers!r}")
+    try:
+        args.scaleout_env = dict(item.split("=", 1) for item in args.scaleout_env)
+    except ValueError:
+        p.error("--scaleout-env takes NAME=VALUE")
     if "scaleout" in args.parts:
         if not args.workers or args.workers[0] != 1:
             p.error("--workers must start at 1: the ratios are to the 1-worker drain")
@@ -134,7 +151,9 @@ async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp
                 f"bench:   {name}: {d.rate or 0:,.0f} events/s" + (f" ERROR {d.error}" if d.error else ""), flush=True
             )
     if backlog is not None and "scaleout" in parts:
-        results.scaleout = await runs.scaleout(run, backlog, args.workers)
+        results.scaleout = await runs.scaleout(
+            run, backlog, args.workers, sink_rtt_ms=args.sink_rtt_ms, env=args.scaleout_env
+        )
     if "latency" in parts:
         pipe = results.drains.get(PIPELINE)
         rate = args.latency_rate or (pipe.rate / 2 if pipe and pipe.rate else None)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.observability.lag import group_lag, topic_ends
 from pipeline.sinks.postgres.sink import quote_ident
@@ -17,6 +18,7 @@ from pipeline.sinks.postgres.sink import quote_ident
 # The commit watchdog's log events that read a partition again (agents/watchdog.py).
 ASSIGNED_EVENT = "partitions assigned"
 REREAD_MARK = "reading the partition again"
+POLL_SEC = 0.25
 
 
 class Table:
@@ -118,6 +120,31 @@ async def commits_settled(bootstrap: str, group: str, topics: list[str], timeout
 def rereads(log_path: Path) -> int:
     """Re-reads the commit watchdog logged (JSON log lines whose event says it reads a partition again)."""
     return logged(log_path, REREAD_MARK)
+
+
+async def wait_groups_stable(
+    bootstrap: str, groups: Sequence[str], members: int, deadline: float, alive: Callable[[], None]
+) -> None:
+    """Until every consumer group in `groups` is Stable with `members` members, each holding an assignment;
+    `alive` raises when a process of the group died."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while True:
+            alive()
+            states = {}
+            for group in groups:  # one group per request: aiokafka 0.14 mis-decodes a response with several
+                for response in await admin.describe_consumer_groups([group]):
+                    for g in response.to_object()["groups"]:
+                        assigned = sum(1 for m in g["members"] if m.get("member_assignment"))
+                        states[g["group"]] = (g["state"], assigned)
+            if all(states.get(g) == ("Stable", members) for g in groups):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"consumer groups not stable with {members} members: {states}")
+            await asyncio.sleep(POLL_SEC)
+    finally:
+        await admin.close()
 
 
 def assignments(log_path: Path) -> int:

@@ -78,6 +78,8 @@ class Scaleout:
     `drains[n]` is the n-worker lane (CPU seconds summed over its workers, peak RSS their largest)."""
 
     partitions: int
+    sink_rtt_ms: float = 0.0  # 0: PostgreSQL on this host; else reached through a proxy adding this round trip
+    env: dict[str, str] = field(default_factory=dict)  # settings given to every worker of the part
     drains: dict[int, Drain] = field(default_factory=dict)
 
     def ratios(self) -> dict[int, float | None]:
@@ -304,7 +306,9 @@ def render(results: Results, targets: Targets) -> str:
 
 
 def _render_scaleout(scale: Scaleout, cpus: object) -> list[str]:
-    lines = ["", f"scale-out: one app, {scale.partitions} partitions, workers started together"]
+    where = f", sink round trip {scale.sink_rtt_ms:g} ms" if scale.sink_rtt_ms else ", sink on this host"
+    given = "".join(f", {k}={v}" for k, v in scale.env.items())
+    lines = ["", f"scale-out: one app, {scale.partitions} partitions, workers started together{where}{given}"]
     lines.append(
         f"{'workers':>7} {'events/s':>9} {'vs 1':>6} {'drain s':>8} {'start s':>8} {'CPU s/1k':>9}"
         f" {'redone':>7} {'re-reads':>8} {'rebalances':>10}  rows"
@@ -319,7 +323,7 @@ def _render_scaleout(scale: Scaleout, cpus: object) -> list[str]:
             + (f"  ERROR: {d.error}" if d.error else "")
         )
     most = max(scale.drains, default=0)
-    if isinstance(cpus, int) and most > cpus:
+    if isinstance(cpus, int) and most > cpus and not scale.sink_rtt_ms:
         lines.append(
             f"  {most} workers share {cpus} CPUs here: the drain is CPU-bound on this host, so the ratios show "
             "the workers' contention for cores, not the design's limit (that is the partition count)"
@@ -367,7 +371,7 @@ def _scaleout_json(scale: Scaleout | None) -> dict[str, Any] | None:
         }
         for n, d in scale.drains.items()
     }
-    return {"partitions": scale.partitions, "drains": drains}
+    return {"partitions": scale.partitions, "sink_rtt_ms": scale.sink_rtt_ms, "env": scale.env, "drains": drains}
 
 
 def save(results: Results, targets: Targets, directory: Path, now: datetime | None = None) -> Path:

@@ -16,13 +16,14 @@ from aiokafka.partitioner import murmur2
 
 from bench import profile as profiling
 from bench.events import Backlog, Message, compact, event, make_backlog
-from bench.measure import Table, assignments, commits_settled, records, rereads, wait_rows
+from bench.measure import Table, assignments, commits_settled, records, rereads, wait_groups_stable, wait_rows
 from bench.procs import Child
 from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout
 from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
 from pipeline.config import load_settings
 from pipeline.events import parse_event
 from pipeline.publisher import Publisher
+from tests.faults import FaultProxy, through
 
 # The reliability machinery switched off: no breaker, no retry tiers (max_retries 0: failures go to the DLQ).
 NO_RELIABILITY_ENV = {"TSDB_BREAKER_ENABLED": "false", "TSDB_MAX_RETRIES": "0"}
@@ -95,7 +96,8 @@ async def observe(children: Child | Sequence[Child], table: Table, result: Drain
     largest) and the rows-over-time curve go into `result`."""
     group = [children] if isinstance(children, Child) else list(children)
     for child in group:
-        child.start()
+        if child.proc is None:  # a group that joined first is running already
+            child.start()
     started = min(child.started for child in group)
     while not await table.any_row():
         _alive(group)
@@ -152,18 +154,38 @@ async def drain(run: Run, name: str, backlog: Backlog, overrides: dict[str, str]
 
 
 async def drain_lane(
-    run: Run, lane: Lane, backlog: Backlog, result: Drain, group: list[Child], *, pipeline: bool, env: dict[str, str]
+    run: Run,
+    lane: Lane,
+    backlog: Backlog,
+    result: Drain,
+    group: list[Child],
+    *,
+    pipeline: bool,
+    env: dict[str, str],
+    join_first: Sequence[str] = (),
 ) -> Drain:
     """Prepare the lane, pre-fill its ingest topic with the backlog, start the group (one contender's
-    processes) together and time the drain into `result`; for the pipeline, then the work redone."""
+    processes) together and time the drain into `result`; for the pipeline, then the work redone.
+
+    With `join_first` (consumer groups), the processes start on the empty lane and the backlog is produced
+    once each of those groups is stable with every process in it: the drain then measures the group's
+    steady state, not the rebalances of its forming (their time goes into `startup_s`)."""
     table: Table | None = None
     try:
         async with asyncio.timeout(run.timeout(backlog.events)):
             deadline = time.monotonic() + run.timeout(backlog.events)
             await prepare(run, lane, pipeline=pipeline, env=env)
             table = await Table.open(run.stack.dsn, lane.table)
+            joined_s = None
+            if join_first:
+                for child in group:
+                    child.start()
+                await wait_groups_stable(run.stack.bootstrap, join_first, len(group), deadline, lambda: _alive(group))
+                joined_s = time.time() - min(child.started for child in group)
             await produce(run.stack, lane.ingest_topic, backlog.messages)
             await observe(group, table, result, backlog.unique, deadline)
+            if joined_s is not None:
+                result.startup_s = joined_s
         if pipeline:
             await pipeline_work(run, lane, env, group, result)
             result.rows = await table.rows()
@@ -203,24 +225,49 @@ async def pipeline_work(
 # Scale-out: the same backlog drained by 1, 2, 3 ... workers of one app
 
 
-async def scaleout(run: Run, backlog: Backlog, workers: Sequence[int]) -> Scaleout:
+async def scaleout(
+    run: Run,
+    backlog: Backlog,
+    workers: Sequence[int],
+    *,
+    sink_rtt_ms: float = 0.0,
+    env: dict[str, str] | None = None,
+) -> Scaleout:
     """For each count in `workers`, a lane of its own (topics, group, table) pre-filled with the backlog, then
     that many `pipeline worker` processes of the lane's app, each with its own data directory, started
-    together; timed from the lane's first row to its last unique row as `drain` is."""
-    result = Scaleout(partitions=run.partitions)
+    together; timed from the lane's first row to its last unique row as `drain` is. With `sink_rtt_ms`, the
+    workers reach PostgreSQL through a proxy that delays each direction by half of it: a remote database,
+    where a worker's writes wait on round trips rather than on cores."""
+    result = Scaleout(partitions=run.partitions, sink_rtt_ms=sink_rtt_ms, env=dict(env or {}))
+    where = f" (sink round trip {sink_rtt_ms:g} ms)" if sink_rtt_ms else ""
     for n in workers:
-        print(f"bench: draining {backlog.events:,} events with {n} pipeline worker(s) ...", flush=True)
-        result.drains[n] = await _scaleout_lane(run, backlog, n)
+        print(f"bench: draining {backlog.events:,} events with {n} pipeline worker(s){where} ...", flush=True)
+        result.drains[n] = await _scaleout_lane(run, backlog, n, sink_rtt_ms, env or {})
         d = result.drains[n]
         print(f"bench:   {n} worker(s): {d.rate or 0:,.0f} events/s" + (f" ERROR {d.error}" if d.error else ""))
     return result
 
 
-async def _scaleout_lane(run: Run, backlog: Backlog, n: int) -> Drain:
+async def _scaleout_lane(run: Run, backlog: Backlog, n: int, sink_rtt_ms: float, env: dict[str, str]) -> Drain:
     lane = run.lane(f"scaleout-{n}")
     result = Drain(contender=f"{PIPELINE}x{n}", events=backlog.events, unique=backlog.unique)
-    group = [pipeline_worker(run, lane, f"worker-{i}", PIPELINE_DATA_DIR=str(lane.dir / f"data-{i}")) for i in range(n)]
-    return await drain_lane(run, lane, backlog, result, group, pipeline=True, env=lane.worker_env(run.stack))
+    proxy = None
+    overrides = dict(env)
+    if sink_rtt_ms:
+        proxy = await FaultProxy.before(run.stack.dsn).start()
+        proxy.set("slow", delay=sink_rtt_ms / 2000)
+        overrides["TSDB_DSN"] = through(run.stack.dsn, proxy)
+    try:
+        group = [
+            pipeline_worker(run, lane, f"worker-{i}", PIPELINE_DATA_DIR=str(lane.dir / f"data-{i}"), **overrides)
+            for i in range(n)
+        ]
+        groups = [lane.app_id, f"{lane.app_id}.deliver.tsdb"]  # the app (ingest, dedupe) and the sink's delivery
+        env = lane.worker_env(run.stack)
+        return await drain_lane(run, lane, backlog, result, group, pipeline=True, env=env, join_first=groups)
+    finally:
+        if proxy is not None:
+            await proxy.stop()
 
 
 # --------------------------------------------------------------------------------------------------

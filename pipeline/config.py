@@ -234,6 +234,12 @@ class Settings(BaseSettings):
     # write buffers each. Sized for small hosts: 6 partitions take at most 6 * (8 + 2 * 8) MiB.
     dedupe_block_cache_bytes: int = Field(8 * 1_048_576, ge=1_048_576)
     dedupe_write_buffer_bytes: int = Field(8 * 1_048_576, ge=1_048_576)
+    # Workers that keep a warm copy of each dedupe partition (Faust's table_standby_replicas; Faust's default
+    # is 1, Kafka Streams' num.standby.replicas 0). A standby applies another worker's changelog all the
+    # time: with 2-3 workers it doubled the CPU per event (bench scaleout). With none, a partition that moves
+    # to another worker is restored from its (compacted) changelog before it is processed: its events wait in
+    # Kafka meanwhile. A restarted pod keeps its own state on its volume either way.
+    dedupe_standby_replicas: int = Field(0, ge=0, le=8)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     web_enabled: bool = Field(True, description="serve /metrics, /health/*, admin and POST /ingest")
@@ -385,6 +391,7 @@ _GLOBAL_ENV: dict[str, str] = {
     "ingest_batch_size": "INGEST_BATCH_SIZE",
     "dedupe_block_cache_bytes": "DEDUPE_BLOCK_CACHE_BYTES",
     "dedupe_write_buffer_bytes": "DEDUPE_WRITE_BUFFER_BYTES",
+    "dedupe_standby_replicas": "DEDUPE_STANDBY_REPLICAS",
     "log_level": "LOG_LEVEL",
     "log_format": "LOG_FORMAT",
     "web_enabled": "WEB_ENABLED",

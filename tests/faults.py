@@ -9,6 +9,7 @@ import random
 import socket
 import struct
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 Mode = Literal["pass", "down", "flap", "slow"]
 
@@ -25,6 +26,12 @@ class FaultProxy:
         self.resets = 0
         self._server: asyncio.Server | None = None
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+
+    @classmethod
+    def before(cls, dsn: str, *, seed: int = 1) -> FaultProxy:
+        """A proxy (not started) in front of the server a DSN names."""
+        parts = urlsplit(dsn)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 5432, seed=seed)
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -100,6 +107,13 @@ class FaultProxy:
         finally:
             with contextlib.suppress(Exception):
                 writer.write_eof()
+
+
+def through(dsn: str, proxy: FaultProxy) -> str:
+    """The DSN with its host and port replaced by the proxy's (credentials and database kept)."""
+    parts = urlsplit(dsn)
+    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

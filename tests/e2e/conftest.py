@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -72,8 +71,7 @@ class Stack:
 @pytest.fixture
 async def proxy(postgres_dsn: str) -> AsyncIterator[FaultProxy]:
     """A fault-injecting TCP proxy in front of the session's PostgreSQL."""
-    parts = urlsplit(postgres_dsn)
-    p = await FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    p = await FaultProxy.before(postgres_dsn).start()
     yield p
     await p.stop()
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import time
 from collections.abc import Set
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -18,7 +17,7 @@ from pipeline.reliability.policies import tier_label
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
 from tests.e2e.trace import where_are_they
-from tests.faults import FaultProxy
+from tests.faults import FaultProxy, through
 from tests.http_sink_server import Script, http_sink_server
 from tests.support import Message, count_rows, delete_records, fetch, poll, produce, read_topic, run_cli
 
@@ -43,12 +42,6 @@ def fast(sink: str = "TSDB") -> dict[str, str]:
 
 
 FAST = fast()
-
-
-def through(dsn: str, proxy: FaultProxy) -> str:
-    parts = urlsplit(dsn)
-    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
 
 
 def events(start: int, count: int, poison: Set[int] = frozenset()) -> list[Message]:

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.observability.lag import topic_size
 from tests.e2e.conftest import Stack
-from tests.e2e.test_faults import FAST, events, fast, start, through, wait_delivered
-from tests.faults import FaultProxy
+from tests.e2e.test_faults import FAST, events, fast, start, wait_delivered
+from tests.faults import FaultProxy, through
 from tests.http_sink_server import Script, http_sink_server
 from tests.support import count_rows, poll
 

@@ -21,8 +21,8 @@ from pipeline.observability.metrics import REGISTRY
 from pipeline.topics import load_topics
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
-from tests.e2e.test_faults import FAST, start, through
-from tests.faults import FaultProxy
+from tests.e2e.test_faults import FAST, start
+from tests.faults import FaultProxy, through
 from tests.support import count_rows, poll, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

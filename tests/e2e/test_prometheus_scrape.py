@@ -16,8 +16,8 @@ import pytest
 from pipeline.devstack.kafka import HOST, free_port
 from tests import dashboard_queries as dq
 from tests.e2e.conftest import Stack
-from tests.e2e.test_faults import FAST, events, start, through, wait_delivered
-from tests.faults import FaultProxy
+from tests.e2e.test_faults import FAST, events, start, wait_delivered
+from tests.faults import FaultProxy, through
 from tests.prometheus_server import PrometheusServer
 from tests.support import poll, produce
 from tools.dashboard import CORE_PANELS

@@ -206,3 +206,19 @@ async def test_the_fetch_loop_hands_a_batch_over_or_reads_it_again_never_drops_i
     consumer.stop_flow()  # while the fetch loop waits for room
     await full
     assert thread.seeks[-1] == (tp, 9) and feed.queue.qsize() == 4
+
+
+def test_dedupe_standby_replicas_reach_faust(tmp_path: Path) -> None:
+    from agents.app import build_app
+
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "TSDB_ENABLED": "true",
+        "TSDB_DSN": "postgresql://u@127.0.0.1:1/db",
+        "PIPELINE_DATA_DIR": str(tmp_path),
+        "PIPELINE_CONFIG": "",
+    }
+    for given, expected in ((None, 0), ("1", 1), ("2", 2)):
+        settings = load_settings(environ=env if given is None else {**env, "DEDUPE_STANDBY_REPLICAS": given})
+        app = build_app(settings, load_topics(settings.topics_path(), settings.topic_vars())).app
+        assert app.conf.table_standby_replicas == expected
