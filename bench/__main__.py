@@ -9,8 +9,10 @@ Parts (each contender on its own topics, consumer groups and table; every stage 
   drain        the pipeline worker, the bare loop and the naive Faust agent drain the same backlog
   reliability  the pipeline again with breakers and retry tiers off (TSDB_BREAKER_ENABLED=false,
                TSDB_MAX_RETRIES=0): what the machinery costs on the healthy path
-  scaleout     1, 2 and 3 (--workers) pipeline workers of one app, started together, drain the same backlog:
-               each drain rate and its ratio to the 1-worker drain (needs --partitions >= the most workers)
+  scaleout     1, 2 and 3 (--workers) pipeline workers of one app form their groups, then drain the same
+               backlog: each drain rate and its ratio to the 1-worker drain (needs --partitions >= the most
+               workers); --sink-rtt-ms adds a round trip before PostgreSQL (a remote database),
+               --scaleout-env NAME=VALUE a setting for every worker
   latency      publish -> row at half the pipeline's measured drain rate
   rss          peak RSS of a worker whose dedupe table holds --dedupe-entries hashes
   profile      py-spy on a worker draining --profile-events (not in the default set)

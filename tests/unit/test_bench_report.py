@@ -238,3 +238,21 @@ def test_profile_summary_ranks_own_and_cumulative_time_below_the_loop_dispatch()
     cumulative = dict(summary["cumulative"])
     assert cumulative["ingest (agents/ingest.py:1)"] == 70.0
     assert "main (m.py:1)" not in cumulative
+
+
+def test_a_remote_sink_scaleout_says_its_round_trip_and_settings_and_drops_the_cpu_caveat(tmp_path: Path) -> None:
+    from bench.__main__ import parse_args
+
+    args = parse_args(["--only", "scaleout", "--sink-rtt-ms", "200", "--scaleout-env", "DEDUPE_STANDBY_REPLICAS=1"])
+    assert args.sink_rtt_ms == 200 and args.scaleout_env == {"DEDUPE_STANDBY_REPLICAS": "1"}
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "scaleout", "--scaleout-env", "NOEQUALS"])
+    scale = scaled()
+    scale.sink_rtt_ms, scale.env = 200.0, {"DEDUPE_STANDBY_REPLICAS": "1"}
+    results = Results(meta={"events": 1000, "partitions": 6, "cpus": 2}, scaleout=scale)
+    text = render(results, Targets())
+    assert "sink round trip 200 ms, DEDUPE_STANDBY_REPLICAS=1" in text
+    assert "CPU-bound" not in text
+    data = json.loads(save(results, Targets(), tmp_path).read_text())
+    assert data["scaleout"]["sink_rtt_ms"] == 200.0
+    assert data["scaleout"]["env"] == {"DEDUPE_STANDBY_REPLICAS": "1"}
