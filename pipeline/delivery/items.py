@@ -48,8 +48,10 @@ class Item:
                 problem = f"the record has neither a key nor a {h.EVENT_HASH} header"
         if problem is None and record.value is None:
             problem = "the record has no value"
+        if problem is None:
+            return cls(record, tp, attempts, event_hash)
         error = UndecodableRecord(f"undecodable record at {tp.topic}[{tp.partition}]@{record.offset}: {problem}")
-        return cls(record, tp, attempts, event_hash, error if problem else None)
+        return cls(record, tp, attempts, event_hash, error)
 
 
 @dataclass

@@ -1,0 +1,26 @@
+"""The pipeline's own murmur2 is Kafka's: the by-hash topic and the dedupe table stay co-partitioned with
+every other Kafka client (aiokafka's pure-Python murmur2 is the reference)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from aiokafka.partitioner import murmur2 as reference
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.produce import murmur2, partition_for
+
+
+@given(st.binary(max_size=300))
+def test_murmur2_is_kafkas_for_any_bytes(data: bytes) -> None:
+    assert murmur2(data) == reference(data)
+
+
+def test_the_partition_of_an_event_hash_is_the_default_partitioners() -> None:
+    for n in range(2000):
+        key = hashlib.sha256(str(n).encode()).hexdigest().encode()
+        for partitions in (1, 3, 6, 12):
+            assert partition_for(key, partitions) == (reference(key) & 0x7FFFFFFF) % partitions
+    assert murmur2(b"") == reference(b"")
+    assert partition_for(None, 6, fallback=7) == 1
