@@ -138,19 +138,22 @@ def _cpu(group: Sequence[Child]) -> float | None:
     return None if None in seconds else sum(s for s in seconds if s is not None)
 
 
-async def drain(run: Run, name: str, backlog: Backlog, overrides: dict[str, str] | None = None) -> Drain:
-    """Pre-fill the lane's ingest topic with the backlog, then let one contender drain it."""
-    lane = run.lane(name)
+async def drain(
+    run: Run, name: str, backlog: Backlog, overrides: dict[str, str] | None = None, *, lane: str | None = None
+) -> Drain:
+    """Pre-fill the lane's ingest topic with the backlog, then let one contender drain it (on a lane named
+    after it, or `lane` for a repeat)."""
+    where = run.lane(lane or name)
     is_pipeline = name in (PIPELINE, NO_RELIABILITY)
     result = Drain(contender=name, events=backlog.events, unique=backlog.unique)
-    env = lane.worker_env(run.stack, **(overrides or {}))
+    env = where.worker_env(run.stack, **(overrides or {}))
     if is_pipeline:
-        child = pipeline_worker(run, lane, **(overrides or {}))
+        child = pipeline_worker(run, where, **(overrides or {}))
     elif name == BARE:
-        child = bare_loop(run, lane)
+        child = bare_loop(run, where)
     else:
-        child = naive_faust(run, lane)
-    return await drain_lane(run, lane, backlog, result, [child], pipeline=is_pipeline, env=env)
+        child = naive_faust(run, where)
+    return await drain_lane(run, where, backlog, result, [child], pipeline=is_pipeline, env=env)
 
 
 async def drain_lane(

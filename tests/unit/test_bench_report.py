@@ -256,3 +256,15 @@ def test_a_remote_sink_scaleout_says_its_round_trip_and_settings_and_drops_the_c
     data = json.loads(save(results, Targets(), tmp_path).read_text())
     assert data["scaleout"]["sink_rtt_ms"] == 200.0
     assert data["scaleout"]["env"] == {"DEDUPE_STANDBY_REPLICAS": "1"}
+
+
+def test_the_reliability_cost_is_of_the_medians_when_drained_again() -> None:
+    results = Results(drains={PIPELINE: drain(PIPELINE, 1.0), NO_RELIABILITY: drain(NO_RELIABILITY, 1.0)})
+    assert ratios(results)["reliability_cost"] == pytest.approx(0.0)
+    results.repeats = {PIPELINE: [1000.0, 900.0, 960.0], NO_RELIABILITY: [1000.0, 1100.0, 1000.0]}
+    assert results.rate_of(PIPELINE) == 960.0
+    assert ratios(results)["reliability_cost"] == pytest.approx(0.04)
+    found = {c.name: c for c in checks(results, Targets())}["breakers+tiers cost"]
+    assert found.ok and "medians of 3 drains each" in found.value
+    results.repeats[PIPELINE][1] = None  # a failed repeat fails the check
+    assert not {c.name: c for c in checks(results, Targets())}["breakers+tiers cost"].ok
