@@ -54,7 +54,7 @@ class SuspectedGap(NamedTuple):
 
 
 READ_COMMITTED = "read_committed"
-FEED_DEPTH = 4  # batches fetched ahead of the agent (each at most broker_max_poll_records)
+FEED_DEPTH = 8  # batches fetched ahead of the agent (each at most broker_max_poll_records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,16 +200,21 @@ class GaplessConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
         # The next record read at or after `offset` is not a gap.
         self._read_offset[tp] = offset - 1 if offset > 0 else None
 
-    async def batches(self, topic: str) -> AsyncIterator[Batch]:
-        """The batches of `topic` for the agent that reads it, in the order they were fetched."""
+    async def groups(self, topic: str) -> AsyncIterator[list[Batch]]:
+        """The batches of `topic` in the order they were fetched, each time all those queued (at least one):
+        a fetch brings one batch per partition, and an agent that works on them together produces and
+        waits for acknowledgements once for them all."""
         feed = self.feed(topic)
+        queue = feed.queue
         while True:
             # Every batch, of a past generation too: dropping one would leave a gap wherever the rebalance
             # that ended it did not seek its partition back (what aiokafka reports as the assignment is
             # empty while it rejoins). Acks of a partition no longer assigned are never committed.
-            batch = await feed.queue.get()
-            feed.taken.append(batch)
-            yield batch
+            group = [await queue.get()]
+            while not queue.empty():
+                group.append(queue.get_nowait())
+            feed.taken.extend(group)
+            yield group
 
     def ack_batch(self, batch: Batch) -> None:
         """The agent is done with `batch` (what it produced is acknowledged): its offsets may be committed."""
@@ -297,12 +302,13 @@ class GaplessConsumer(AIOKafkaFaustConsumer):  # type: ignore[misc]
 
 
 class Pipelined:
-    """An agent's batches with up to `depth` of them producing at once, acked in the order they came.
+    """An agent's batches, in groups (`Consumer.groups`), with up to `depth` groups producing at once, acked
+    in the order they came.
 
-    The agent works out a batch's output (in order: the dedupe table sees each batch after the one before)
-    and hands the send to `send`; the next batch is worked on while Kafka acknowledges. A batch is acked
-    only once its send and the sends of every batch before it succeeded; a failed send fails the agent
-    (its worker exits, nothing after the failure is acked, so it is all read again)."""
+    The agent works out a group's output (in order: the dedupe table sees each batch after the one before)
+    and hands the send to `send`; the next group is worked on while Kafka acknowledges. A group's batches
+    are acked only once its send and the sends of every group before it succeeded; a failed send fails the
+    agent (its worker exits, nothing after the failure is acked, so it is all read again)."""
 
     def __init__(self, stream: Any, depth: int = 4) -> None:
         consumer = stream.app.consumer
@@ -310,7 +316,7 @@ class Pipelined:
             raise TypeError("batch agents need the app's consumer to be agents.consumer.GaplessConsumer")
         self.consumer = consumer
         self.topic: str = stream.channel.get_topic_name()
-        self.sending: asyncio.Queue[tuple[Batch, asyncio.Future[Any]]] = asyncio.Queue(maxsize=depth)
+        self.sending: asyncio.Queue[tuple[list[Batch], asyncio.Future[Any]]] = asyncio.Queue(maxsize=depth)
         self._acker: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Pipelined:
@@ -325,9 +331,10 @@ class Pipelined:
 
     async def _ack_in_order(self) -> None:
         while True:
-            batch, sent = await self.sending.get()
+            group, sent = await self.sending.get()
             await sent
-            self.consumer.ack_batch(batch)
+            for batch in group:
+                self.consumer.ack_batch(batch)
 
     async def _or_failed(self, step: Any) -> Any:
         """Await `step`, unless acking fails first: then raise that failure."""
@@ -343,22 +350,22 @@ class Pipelined:
             raise acker.exception() or RuntimeError(f"{self.topic}: acking stopped")
         return task.result()
 
-    async def batches(self) -> AsyncIterator[Batch]:
-        source = self.consumer.batches(self.topic)
+    async def groups(self) -> AsyncIterator[list[Batch]]:
+        source = self.consumer.groups(self.topic)
         while True:
             yield await self._or_failed(anext(source))
 
-    async def send(self, batch: Batch, sending: Any) -> None:
-        """Queue `sending` (the produce of what `batch` caused); `batch` is acked once it succeeded."""
-        await self._or_failed(self.sending.put((batch, asyncio.ensure_future(sending))))
+    async def send(self, group: list[Batch], sending: Any) -> None:
+        """Queue `sending` (the produce of what `group` caused); its batches are acked once it succeeded."""
+        await self._or_failed(self.sending.put((group, asyncio.ensure_future(sending))))
 
 
-def batches(stream: Any) -> AsyncIterator[Batch]:
-    """The batches of the topic an agent's `stream` reads (the agent ignores the per-event stream)."""
+def groups(stream: Any) -> AsyncIterator[list[Batch]]:
+    """The batch groups of the topic an agent's `stream` reads (the agent ignores the per-event stream)."""
     consumer = stream.app.consumer
     if not isinstance(consumer, GaplessConsumer):
         raise TypeError("batch agents need the app's consumer to be agents.consumer.GaplessConsumer")
-    return consumer.batches(stream.channel.get_topic_name())
+    return consumer.groups(stream.channel.get_topic_name())
 
 
 def recovery_done(app: AppT) -> bool:

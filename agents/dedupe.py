@@ -5,10 +5,11 @@ events fan out to the topic of every enabled sink; duplicates within IDEMPOTENCY
 topic's retention drops them from Kafka, so neither grows without bound. The timer finds them in a time
 bucketed index (pipeline.expiry_index), so a sweep costs what expires, not what the table holds.
 
-The agent works a batch at a time (agents.consumer): each by-hash record is decided against the table's
-local RocksDB store, and the batch's fan-out records and its table entries' changelog records are produced
-together; the batch is acked once Kafka acknowledged all of them, so an offset is never committed before
-what its record caused (including its changelog entry) is durable."""
+The agent works a group of batches at a time (agents.consumer: every batch queued, one per partition and
+fetch): each by-hash record is decided against the table's local RocksDB store, and the group's fan-out
+records and its table entries' changelog records are produced together; the batches are acked once Kafka
+acknowledged all of them, so an offset is never committed before what its record caused (including its
+changelog entry) is durable."""
 
 from __future__ import annotations
 
@@ -82,14 +83,15 @@ def register(pipeline: Pipeline) -> None:
         )
         store = TableStore(table)
         async with producer, Pipelined(stream) as pipe:
-            async for batch in pipe.batches():
-                out = decide_batch(store, batch)
-                await pipe.send(batch, send(producer, batch.tp.partition, out))
+            async for group in pipe.groups():
+                out = [record for batch in group for record in decide_batch(store, batch)]
+                await pipe.send(group, send(producer, {batch.tp.partition for batch in group}, out))
 
-    async def send(producer: BatchProducer, partition: int, out: list[Record]) -> None:
+    async def send(producer: BatchProducer, partitions: set[int], out: list[Record]) -> None:
         written = await producer.send(out)
-        if (changelog, partition) in written:
-            persist_changelog_offset(table, partition, written[(changelog, partition)])
+        for partition in partitions:
+            if (changelog, partition) in written:
+                persist_changelog_offset(table, partition, written[(changelog, partition)])
 
     def decide_batch(store: TableStore, batch: Batch) -> list[Record]:
         """The records `batch` causes: fan-out of what is new (and its table entry on the changelog), nothing

@@ -2,8 +2,9 @@
 anything else to the ingest DLQ with the reason in its headers (pipeline.ingest.route decides, and no
 exception of one message escapes it). Nothing is dropped.
 
-It works a batch at a time (one partition, one fetch: agents.consumer.batches): route every message, produce
-the batch, wait for its acknowledgements once, then ack the batch's offsets for the commit."""
+It works a group of batches at a time (a batch is one partition's records of one fetch; a group is every
+batch queued when the agent is ready, agents.consumer.Pipelined.groups): route every message, produce the
+group's output, wait for its acknowledgements once, then ack the batches' offsets for the commit."""
 
 from __future__ import annotations
 
@@ -33,10 +34,10 @@ def register(pipeline: Pipeline) -> None:
             settings.kafka, client_id=f"{settings.kafka.client_id}-ingest", max_request_size=max_record_bytes
         )
         async with producer, Pipelined(stream) as pipe:
-            async for batch in pipe.batches():
+            async for group in pipe.groups():
                 out: list[Record] = []
                 accepted = 0
-                for message in batch.records:
+                for message in (message for batch in group for message in batch.records):
                     origin = Origin(message.topic, message.partition, message.offset)
                     routed = route(
                         message.key,
@@ -60,7 +61,7 @@ def register(pipeline: Pipeline) -> None:
                         offset=origin.offset,
                     )
                     out.append(Record(dlq, routed.key, routed.value, routed.headers))
-                await pipe.send(batch, producer.send(out))
+                await pipe.send(group, producer.send(out))
                 metrics.INGESTED.inc(accepted)
 
     pipeline.app.agent(source, name="ingest", concurrency=1)(ingest)

@@ -29,9 +29,9 @@ def crash_agent(target: str) -> None:
             return decorator
 
         async def crashing(stream: Any) -> None:
-            from agents.consumer import batches
+            from agents.consumer import groups
 
-            async for _ in batches(stream):  # the agents read their topic in batches, not event by event
+            async for _ in groups(stream):  # the agents read their topic in batches, not event by event
                 raise InjectedCrash(f"injected crash in agent {target}")
 
         crashing.__name__ = crashing.__qualname__ = target

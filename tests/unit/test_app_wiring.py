@@ -199,13 +199,15 @@ async def test_the_fetch_loop_hands_a_batch_over_or_reads_it_again_never_drops_i
     consumer.ack_batch(batch)
     assert consumer._new_offset(tp) == 8
 
-    for _ in range(4):  # the agent is busy: the feed is full
+    from agents.consumer import FEED_DEPTH
+
+    for _ in range(FEED_DEPTH):  # the agent is busy: the feed is full
         await consumer._hand_over(tp, _records(tp, [8]), None, generation)
     full = asyncio.ensure_future(consumer._hand_over(tp, _records(tp, [9, 10]), None, generation))
     await asyncio.sleep(0.01)
     consumer.stop_flow()  # while the fetch loop waits for room
     await full
-    assert thread.seeks[-1] == (tp, 9) and feed.queue.qsize() == 4
+    assert thread.seeks[-1] == (tp, 9) and feed.queue.qsize() == FEED_DEPTH
 
 
 def test_dedupe_standby_replicas_reach_faust(tmp_path: Path) -> None:
@@ -222,3 +224,50 @@ def test_dedupe_standby_replicas_reach_faust(tmp_path: Path) -> None:
         settings = load_settings(environ=env if given is None else {**env, "DEDUPE_STANDBY_REPLICAS": given})
         app = build_app(settings, load_topics(settings.topics_path(), settings.topic_vars())).app
         assert app.conf.table_standby_replicas == expected
+
+
+async def test_an_agent_gets_every_queued_batch_as_one_group_acked_only_after_its_send(pipeline: Pipeline) -> None:
+    from types import SimpleNamespace
+
+    from agents.consumer import Batch, GaplessConsumer, Pipelined
+
+    consumer: Any = pipeline.app.consumer
+    assert isinstance(consumer, GaplessConsumer)
+    topic = pipeline.catalog.ingest.name
+    tps = [TP(topic, p) for p in range(3)]
+    for tp in tps:
+        consumer._committed_offset[tp] = 0
+    feed = consumer.feed(topic)
+    for tp in tps:  # one fetch: a batch per partition
+        feed.queue.put_nowait(Batch(tp, _records(tp, [0, 1]), 1))
+    stream = SimpleNamespace(app=pipeline.app, channel=SimpleNamespace(get_topic_name=lambda: topic))
+    release = asyncio.Event()
+
+    async def sending() -> None:
+        await release.wait()
+
+    async with Pipelined(stream) as pipe:
+        groups = pipe.groups()
+        group = await anext(groups)
+        assert [b.tp for b in group] == tps and feed.queue.empty()
+        assert all(feed.holds(tp, 1) for tp in tps)  # with the agent: the watchdog sees them in flight
+        await pipe.send(group, sending())
+        await asyncio.sleep(0.01)
+        assert all(consumer._new_offset(tp) is None for tp in tps)  # not acked before the send succeeded
+        release.set()
+        for _ in range(100):
+            if not feed.taken:
+                break
+            await asyncio.sleep(0.01)
+        assert [consumer._new_offset(tp) for tp in tps] == [2, 2, 2]
+
+        feed.queue.put_nowait(Batch(tps[0], _records(tps[0], [2]), 1))
+        failed = await anext(groups)
+
+        async def broken() -> None:
+            raise RuntimeError("produce failed")
+
+        with pytest.raises(RuntimeError, match="produce failed"):  # the agent fails: its worker exits
+            await pipe.send(failed, broken())
+            await anext(groups)
+    assert consumer._new_offset(tps[0]) is None
