@@ -249,7 +249,7 @@ def _loads(text: str) -> Any:
     """JSON with exact numbers: every literal with a fraction or exponent becomes its canonical spelling
     (an orjson.Fragment); integers stay Python ints (exact at any size)."""
     try:
-        return json.loads(text, parse_float=_number, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except Rejection:
         raise
     except ValueError as exc:
@@ -259,11 +259,16 @@ def _loads(text: str) -> Any:
         raise Rejection("invalid_json", "not JSON: nested too deep") from None
     # An integer of more than 4300 digits (Python's int conversion limit): keep it as text.
     try:
-        return json.loads(text, parse_float=_number, parse_int=_number, parse_constant=_reject_constant)
+        return _BIG_INT_DECODER.decode(text)
     except Rejection:
         raise
     except (ValueError, RecursionError) as exc:
         raise Rejection("invalid_json", f"not JSON: {exc}") from None
+
+
+# json.loads builds a decoder per call when given hooks; these are built once (a decoder keeps no state).
+_DECODER = json.JSONDecoder(parse_float=_number, parse_constant=_reject_constant)
+_BIG_INT_DECODER = json.JSONDecoder(parse_float=_number, parse_int=_number, parse_constant=_reject_constant)
 
 
 def _schema_problems(exc: ValidationError) -> str:

@@ -66,7 +66,10 @@ def is_reserved(name: str) -> bool:
 def from_producer(headers: Iterable[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes]]:
     """A producer's headers as the pipeline keeps them: those in the pipeline's namespace renamed with
     PRODUCER_PREFIX (so they cannot pass for the pipeline's own), all others unchanged."""
-    return [(PRODUCER_PREFIX + k if is_reserved(k) else k, bytes(v or b"")) for k, v in (headers or ())]
+    return [
+        (PRODUCER_PREFIX + k if is_reserved(k) else k, v if v.__class__ is bytes else bytes(v or b""))  # type: ignore[misc]
+        for k, v in (headers or ())
+    ]
 
 
 def text(value: object, limit: int = MAX_HEADER_VALUE) -> bytes:

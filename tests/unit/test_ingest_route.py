@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline import headers as h
 from pipeline import ingest
@@ -94,3 +96,26 @@ def test_any_error_dead_letters_the_message_with_a_reason(monkeypatch: pytest.Mo
     assert headers[h.ERROR_REASON] == b"unprocessable"
     assert b"OverflowError" in headers[h.ERROR_MESSAGE]
     assert headers[h.ORIGIN_OFFSET] == b"41" and out.value == GOOD
+
+
+_header_names = st.text(min_size=1, max_size=40)
+_headers = st.lists(st.tuples(_header_names, st.binary(max_size=200)), max_size=8)
+
+
+@given(_headers, st.integers(0, 2**31 - 1), st.integers(0, 2**63 - 1))
+def test_forwarded_headers_are_what_merging_the_pipelines_own_gives(
+    headers: list[tuple[str, bytes]], partition: int, offset: int
+) -> None:
+    origin = Origin("ingest.topic", partition, offset)
+    value = json.dumps({"source": "s", "type": "t", "timestamp": "2026-12-01T00:00:00Z", "payload": {"v": 1}}).encode()
+    routed = route(None, value, headers, origin, max_event_bytes=1 << 20, max_record_bytes=2 << 20)
+    assert routed.rejection is None and routed.accepted is not None
+    merged = h.merge(h.from_producer(headers), {**origin.headers(), h.EVENT_HASH: routed.accepted.event_hash})
+    assert routed.headers == merged
+
+
+@given(st.binary(max_size=100), st.binary(max_size=5000), _headers)
+def test_the_cheap_size_bound_is_never_below_the_producers_estimate(
+    key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+) -> None:
+    assert ingest._size_bound(key, value, headers) >= record_bytes(key, value, headers)
