@@ -144,3 +144,17 @@ async def test_kafka_daemon_cycle(state_dir: Path) -> None:
     assert code == 0 and "stopped" in out, out
     code, out = await asyncio.to_thread(invoke, "kafka", "status", "--state-dir", kafka_dir)
     assert code == NOT_RUNNING_EXIT, out
+    assert list(Path(kafka_dir).glob("data-*")), "down keeps the data"
+    code, out = await asyncio.to_thread(invoke, "kafka", "down", "--wipe", "--state-dir", kafka_dir)
+    assert code == 0 and "deleted" in out and not list(Path(kafka_dir).glob("data-*")), out
+
+
+def test_a_slow_start_over_thousands_of_partition_directories_says_how_to_start_empty(state_dir: Path) -> None:
+    from pipeline.devstack.kafka import CROWDED_PARTITIONS, KafkaBroker
+
+    broker = KafkaBroker(state_dir=state_dir / "kafka", port=free_port(), controller_port=free_port())
+    assert broker._crowded_hint() == ""  # no data yet
+    for n in range(CROWDED_PARTITIONS):
+        (broker.data_dir / f"t-{n}").mkdir(parents=True)
+    assert "2,000 partition directories" in broker._crowded_hint()
+    assert "down --wipe" in broker._crowded_hint()

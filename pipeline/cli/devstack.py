@@ -1,7 +1,7 @@
 """`pipeline devstack`: a local Kafka broker and PostgreSQL server without Docker.
 
     pipeline devstack kafka up [--version 3.9.2|4.1.1] [--port 9092]
-    pipeline devstack kafka status | down
+    pipeline devstack kafka status | down [--wipe]
     pipeline devstack postgres up [--port 55432]      # prints the DSN
     pipeline devstack postgres status | down
 
@@ -97,16 +97,19 @@ def kafka_up_cmd(
 def kafka_down_cmd(
     state_dir: StateDirOption = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before SIGKILL.")] = 30.0,
+    wipe: Annotated[bool, typer.Option("--wipe", help="Also delete its data: the next `up` starts empty.")] = False,
 ) -> None:
-    """Stop the background broker (its data is kept)."""
+    """Stop the background broker (its data is kept unless --wipe)."""
     try:
-        status = kafka_down(state_dir or default_kafka_state_dir(), timeout)
+        status = kafka_down(state_dir or default_kafka_state_dir(), timeout, wipe=wipe)
     except DevstackError as exc:
         _fail(str(exc))
     if status.running:
         typer.echo(f"Kafka {status.version} stopped (was pid {status.pid}, {status.bootstrap}).")
     else:
         typer.echo("Kafka is not running.")
+    if wipe:
+        typer.echo(f"Its data in {status.state_dir} is deleted.")
 
 
 @kafka_app.command("status")

@@ -77,6 +77,9 @@ _TESTCONTAINERS_IMAGE = "confluentinc/cp-kafka:7.9.0"
 T = TypeVar("T")
 
 
+CROWDED_PARTITIONS = 2000  # partition directories past which a slow start is worth a hint
+
+
 class DevstackError(RuntimeError):
     """A devstack service could not be fetched, started, probed or stopped."""
 
@@ -506,6 +509,20 @@ class KafkaBroker:
             return self._proc.poll() is None
         return self._daemon_pid is not None and pid_alive(self._daemon_pid, str(self.config_file))
 
+    def _crowded_hint(self) -> str:
+        """Why a broker may start slowly: every partition directory is loaded at start (test runs against
+        a kept broker leave thousands)."""
+        try:
+            partitions = sum(1 for entry in self.data_dir.iterdir() if entry.is_dir())
+        except OSError:
+            return ""
+        if partitions < CROWDED_PARTITIONS:
+            return ""
+        return (
+            f"; its data directory holds {partitions:,} partition directories, which it loads at start: "
+            "`pipeline devstack kafka down --wipe` starts it empty, or give --timeout more time"
+        )
+
     def start(self, timeout: float = 90.0, *, detach: bool = False) -> str:
         """Start the broker and wait until it serves metadata; return the bootstrap address.
 
@@ -691,7 +708,8 @@ class KafkaBroker:
             if time.monotonic() >= deadline:
                 raise DevstackError(
                     f"Kafka {self.version} on {self.bootstrap} was not ready within {timeout:.0f}s "
-                    f"({last_error}); last lines of {self.log_file}:\n{log_tail(self.log_file)}"
+                    f"({last_error}){self._crowded_hint()}; last lines of {self.log_file}:\n"
+                    f"{log_tail(self.log_file)}"
                 )
             time.sleep(0.2)  # poll interval, not a wait-for-readiness sleep
 
@@ -783,8 +801,9 @@ def kafka_up(
         return kafka_status(state_dir), True
 
 
-def kafka_down(state_dir: Path | None = None, timeout: float = 30.0) -> KafkaStatus:
-    """Stop the daemon recorded in ``state_dir``; return its status from before the stop."""
+def kafka_down(state_dir: Path | None = None, timeout: float = 30.0, *, wipe: bool = False) -> KafkaStatus:
+    """Stop the daemon recorded in ``state_dir``; return its status from before the stop. With `wipe`, also
+    delete its data (every version's): the next `up` formats empty storage."""
     state_dir = Path(state_dir or default_kafka_state_dir()).expanduser().absolute()
     if not state_dir.is_dir():
         return KafkaStatus(running=False, state_dir=state_dir)
@@ -796,6 +815,9 @@ def kafka_down(state_dir: Path | None = None, timeout: float = 30.0) -> KafkaSta
                 raise DevstackError(f"Kafka (pid {status.pid}) did not exit")
         with contextlib.suppress(FileNotFoundError):
             (state_dir / _STATE_FILE).unlink()
+        if wipe:
+            for data in state_dir.glob("data-*"):
+                shutil.rmtree(data, ignore_errors=True)
         return status
 
 
