@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 from pathlib import Path
+from typing import Any
 
-from bench.report import Results
+from bench.report import Drain, Latency, Results
 
 
 def plot(results: Results, path: Path) -> Path | None:
@@ -54,3 +58,39 @@ def plot(results: Results, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _fields(cls: Any, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def from_json(data: dict[str, Any]) -> Results:
+    """What the plot needs of a saved run (bench/results/<time>.json): its drains, latency and meta."""
+    drains = {}
+    for name, d in (data.get("drains") or {}).items():
+        drain = Drain(**_fields(Drain, d))
+        drain.timeline = [(float(t), int(rows)) for t, rows in drain.timeline]
+        drains[name] = drain
+    latency = Latency(**_fields(Latency, data["latency"])) if data.get("latency") else None
+    return Results(meta=data.get("meta") or {}, drains=drains, latency=latency)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m bench.plot RUN.json [OUT.png]`: draw a saved run again (default: bench.png beside it)."""
+    if not argv or len(argv) > 2:
+        print("usage: python -m bench.plot RUN.json [OUT.png]", file=sys.stderr)
+        return 2
+    source = Path(argv[0])
+    out = plot(
+        from_json(json.loads(source.read_text())), Path(argv[1]) if len(argv) > 1 else source.with_name("bench.png")
+    )
+    if out is None:
+        print("nothing drawn: matplotlib is missing (pip install -e '.[bench]') or the run measured nothing")
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

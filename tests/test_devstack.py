@@ -144,9 +144,13 @@ async def test_kafka_daemon_cycle(state_dir: Path) -> None:
     assert code == 0 and "stopped" in out, out
     code, out = await asyncio.to_thread(invoke, "kafka", "status", "--state-dir", kafka_dir)
     assert code == NOT_RUNNING_EXIT, out
-    assert list(Path(kafka_dir).glob("data-*")), "down keeps the data"
+    assert data_dirs(kafka_dir), "down keeps the data"
     code, out = await asyncio.to_thread(invoke, "kafka", "down", "--wipe", "--state-dir", kafka_dir)
-    assert code == 0 and "deleted" in out and not list(Path(kafka_dir).glob("data-*")), out
+    assert code == 0 and "deleted" in out and not data_dirs(kafka_dir), out
+
+
+def data_dirs(state_dir: str) -> list[Path]:
+    return list(Path(state_dir).glob("data-*"))
 
 
 def test_a_slow_start_over_thousands_of_partition_directories_says_how_to_start_empty(state_dir: Path) -> None:

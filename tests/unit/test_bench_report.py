@@ -268,3 +268,15 @@ def test_the_reliability_cost_is_of_the_medians_when_drained_again() -> None:
     assert found.ok and "medians of 3 drains each" in found.value
     results.repeats[PIPELINE][1] = None  # a failed repeat fails the check
     assert not {c.name: c for c in checks(results, Targets())}["breakers+tiers cost"].ok
+
+
+def test_a_saved_run_reads_back_for_the_plot(tmp_path: Path) -> None:
+    from bench.plot import from_json
+
+    results = healthy()
+    results.drains[PIPELINE].timeline = [(1.0, 0), (2.0, 700)]
+    results.latency = Latency(offered_rate=500.0, seconds=10.0, percentiles_ms={"p50": 10.0, "p99": 20.0})
+    back = from_json(json.loads(save(results, Targets(), tmp_path).read_text()))
+    assert {n: d.rate for n, d in back.drains.items()} == {n: d.rate for n, d in results.drains.items()}
+    assert back.drains[PIPELINE].timeline == [(1.0, 0), (2.0, 700)]
+    assert back.latency == results.latency
