@@ -311,10 +311,7 @@ class Pipelined:
     agent (its worker exits, nothing after the failure is acked, so it is all read again)."""
 
     def __init__(self, stream: Any, depth: int = 4) -> None:
-        consumer = stream.app.consumer
-        if not isinstance(consumer, GaplessConsumer):
-            raise TypeError("batch agents need the app's consumer to be agents.consumer.GaplessConsumer")
-        self.consumer = consumer
+        self.consumer = _gapless(stream)
         self.topic: str = stream.channel.get_topic_name()
         self.sending: asyncio.Queue[tuple[list[Batch], asyncio.Future[Any]]] = asyncio.Queue(maxsize=depth)
         self._acker: asyncio.Task[None] | None = None
@@ -362,10 +359,14 @@ class Pipelined:
 
 def groups(stream: Any) -> AsyncIterator[list[Batch]]:
     """The batch groups of the topic an agent's `stream` reads (the agent ignores the per-event stream)."""
+    return _gapless(stream).groups(stream.channel.get_topic_name())
+
+
+def _gapless(stream: Any) -> GaplessConsumer:
     consumer = stream.app.consumer
     if not isinstance(consumer, GaplessConsumer):
         raise TypeError("batch agents need the app's consumer to be agents.consumer.GaplessConsumer")
-    return consumer.groups(stream.channel.get_topic_name())
+    return consumer
 
 
 def recovery_done(app: AppT) -> bool:

@@ -41,7 +41,7 @@ from bench import runs
 from bench.events import make_backlog
 from bench.plot import plot
 from bench.procs import stop_all
-from bench.report import BARE, NAIVE, NO_RELIABILITY, PIPELINE, Results, Targets, checks, render, save
+from bench.report import BARE, NAIVE, NO_RELIABILITY, PIPELINE, Results, Targets, checks, drained, render, save
 from bench.stack import REPO, cleanup, close_stack, open_stack
 
 PARTS = ("drain", "reliability", "scaleout", "latency", "rss", "profile")
@@ -156,9 +156,7 @@ async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp
             overrides = runs.NO_RELIABILITY_ENV if name == NO_RELIABILITY else None
             results.drains[name] = await runs.drain(run, name, backlog, overrides)
             d = results.drains[name]
-            print(
-                f"bench:   {name}: {d.rate or 0:,.0f} events/s" + (f" ERROR {d.error}" if d.error else ""), flush=True
-            )
+            drained(name, d)
         if "reliability" in parts and args.reliability_runs > 1:
             # One drain of each is noisier than the 5% it measures: drain both again, alternating
             for name in (PIPELINE, NO_RELIABILITY):
@@ -169,10 +167,7 @@ async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp
                     overrides = runs.NO_RELIABILITY_ENV if name == NO_RELIABILITY else None
                     d = await runs.drain(run, name, backlog, overrides, lane=f"{name}-{n}")
                     results.repeats[name].append(None if d.error else d.rate)
-                    print(
-                        f"bench:   {name} (run {n}): {d.rate or 0:,.0f} events/s"
-                        + (f" ERROR {d.error}" if d.error else "")
-                    )
+                    drained(f"{name} (run {n})", d)
     if backlog is not None and "scaleout" in parts:
         results.scaleout = await runs.scaleout(
             run, backlog, args.workers, sink_rtt_ms=args.sink_rtt_ms, env=args.scaleout_env

@@ -247,6 +247,11 @@ def _scaleout_checks(scale: Scaleout) -> list[Check]:
     return out
 
 
+def drained(label: str, d: Drain) -> None:
+    """The progress line of one finished drain."""
+    print(f"bench:   {label}: {d.rate or 0:,.0f} events/s" + (f" ERROR {d.error}" if d.error else ""), flush=True)
+
+
 def _fmt(value: float | None, spec: str, unit: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
@@ -322,7 +327,7 @@ def render(results: Results, targets: Targets) -> str:
 def _render_scaleout(scale: Scaleout, cpus: object) -> list[str]:
     where = f", sink round trip {scale.sink_rtt_ms:g} ms" if scale.sink_rtt_ms else ", sink on this host"
     given = "".join(f", {k}={v}" for k, v in scale.env.items())
-    lines = ["", f"scale-out: one app, {scale.partitions} partitions, workers started together{where}{given}"]
+    lines = ["", f"scale-out: one app, {scale.partitions} partitions, groups formed before the backlog{where}{given}"]
     lines.append(
         f"{'workers':>7} {'events/s':>9} {'vs 1':>6} {'drain s':>8} {'start s':>8} {'CPU s/1k':>9}"
         f" {'redone':>7} {'re-reads':>8} {'rebalances':>10}  rows"

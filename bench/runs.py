@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from bench import profile as profiling
 from bench.events import Backlog, Message, compact, event, make_backlog
 from bench.measure import Table, assignments, commits_settled, records, rereads, wait_groups_stable, wait_rows
 from bench.procs import Child
-from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout
+from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout, drained
 from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
 from pipeline.config import load_settings
 from pipeline.events import parse_event
+from pipeline.produce import partition_for
 from pipeline.publisher import Publisher
 from tests.faults import FaultProxy, through
 
@@ -238,7 +238,8 @@ async def scaleout(
 ) -> Scaleout:
     """For each count in `workers`, a lane of its own (topics, group, table) pre-filled with the backlog, then
     that many `pipeline worker` processes of the lane's app, each with its own data directory, started
-    together; timed from the lane's first row to its last unique row as `drain` is. With `sink_rtt_ms`, the
+    together on the empty lane; the backlog is produced once their groups are stable (`drain_lane`'s
+    `join_first`) and timed from the lane's first row to its last unique row as `drain` is. With `sink_rtt_ms`, the
     workers reach PostgreSQL through a proxy that delays each direction by half of it: a remote database,
     where a worker's writes wait on round trips rather than on cores."""
     result = Scaleout(partitions=run.partitions, sink_rtt_ms=sink_rtt_ms, env=dict(env or {}))
@@ -247,7 +248,7 @@ async def scaleout(
         print(f"bench: draining {backlog.events:,} events with {n} pipeline worker(s){where} ...", flush=True)
         result.drains[n] = await _scaleout_lane(run, backlog, n, sink_rtt_ms, env or {})
         d = result.drains[n]
-        print(f"bench:   {n} worker(s): {d.rate or 0:,.0f} events/s" + (f" ERROR {d.error}" if d.error else ""))
+        drained(f"{n} worker(s)", d)
     return result
 
 
@@ -379,7 +380,7 @@ async def rss_with_entries(run: Run, entries: int, events: int) -> Rss1M:
             if template_hash.encode() not in (template.key or b""):
                 raise RuntimeError(f"the changelog key {template.key!r} does not hold the hash {template_hash}")
             partitions = catalog.by_hash.partitions
-            if (murmur2(hash_record.key or b"") & 0x7FFFFFFF) % partitions != hash_record.partition:
+            if partition_for(hash_record.key, partitions) != hash_record.partition:
                 result.fill += " (by-hash partitioner is not murmur2: seeded entries spread round robin)"
             rng = random.Random(5)
             hashes = seeded_real + [f"{rng.getrandbits(256):064x}" for _ in range(entries - 1 - len(seeded_real))]
@@ -410,7 +411,7 @@ async def rss_with_entries(run: Run, entries: int, events: int) -> Rss1M:
 
 def _seeded(template: _Record, template_hash: str, new_hash: str, partitions: int) -> Message:
     key = (template.key or b"").replace(template_hash.encode(), new_hash.encode())
-    partition = (murmur2(new_hash.encode()) & 0x7FFFFFFF) % partitions
+    partition = partition_for(new_hash.encode(), partitions)
     return Message(partition, key, (template.value or b"").replace(template_hash.encode(), new_hash.encode()))
 
 

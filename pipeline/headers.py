@@ -67,7 +67,7 @@ def from_producer(headers: Iterable[tuple[str, bytes | None]] | None) -> list[tu
     """A producer's headers as the pipeline keeps them: those in the pipeline's namespace renamed with
     PRODUCER_PREFIX (so they cannot pass for the pipeline's own), all others unchanged."""
     return [
-        (PRODUCER_PREFIX + k if is_reserved(k) else k, v if v.__class__ is bytes else bytes(v or b""))  # type: ignore[misc]
+        (PRODUCER_PREFIX + k if is_reserved(k) else k, v if type(v) is bytes else bytes(v or b""))
         for k, v in (headers or ())
     ]
 

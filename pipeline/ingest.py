@@ -24,12 +24,8 @@ class Origin:
         return {h.ORIGIN_TOPIC: self.topic, h.ORIGIN_PARTITION: self.partition, h.ORIGIN_OFFSET: self.offset}
 
     def encoded(self) -> list[tuple[str, bytes]]:
-        """`headers()` as header values (what headers.merge would encode them to)."""
-        return [
-            (h.ORIGIN_TOPIC, self.topic.encode()),
-            (h.ORIGIN_PARTITION, str(self.partition).encode()),
-            (h.ORIGIN_OFFSET, str(self.offset).encode()),
-        ]
+        """`headers()` as header values, encoded as headers.merge encodes them."""
+        return [(name, h.text(value)) for name, value in self.headers().items()]
 
 
 @dataclass(frozen=True)
@@ -61,10 +57,8 @@ def route(
         # No kept header is in the pipeline's namespace any more (from_producer renamed them), so the
         # pipeline's own are appended without a merge.
         forward_headers = [*kept, *origin.encoded(), (h.EVENT_HASH, forward_key)]
-        if (
-            _size_bound(forward_key, accepted.body, forward_headers) > max_record_bytes
-            and (size := record_bytes(forward_key, accepted.body, forward_headers)) > max_record_bytes
-        ):
+        size = record_bytes(forward_key, accepted.body, forward_headers)
+        if size > max_record_bytes:
             raise Rejection(
                 "too_large",
                 f"the event with its key and headers is {size} bytes; the pipeline writes records of at most "
@@ -75,21 +69,6 @@ def route(
         return dead_letter(key, value, headers, origin, rejection)
     except Exception as exc:  # a bug: the message is dead-lettered all the same
         return dead_letter(key, value, headers, origin, Rejection("unprocessable", f"{type(exc).__name__}: {exc}"))
-
-
-# Record framing in Kafka's v2 format: at most this per record plus this per header, beyond the bytes
-# (varints of the lengths, attributes, timestamp and offset deltas; DefaultRecordBatchBuilder's estimate
-# adds the batch header once, under 70 bytes).
-_RECORD_OVERHEAD = 21 + 61 + 70
-_HEADER_OVERHEAD = 10
-
-
-def _size_bound(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> int:
-    """An upper bound of record_bytes, cheap enough to skip the exact estimate for nearly every event."""
-    size = len(key) + len(value) + _RECORD_OVERHEAD
-    for name, data in headers:
-        size += len(name) * 4 + len(data) + _HEADER_OVERHEAD  # 4: UTF-8 bytes per character at most
-    return size
 
 
 def dead_letter(key: bytes | None, value: bytes | None, headers: RawHeaders, origin: Origin, why: Rejection) -> Routed:

@@ -24,8 +24,8 @@ from pipeline.limits import check_limits, producer_request_bytes
 from pipeline.topics import load_topics
 
 
-@pytest.fixture
-def pipeline(tmp_path: Path) -> Pipeline:
+def build(tmp_path: Path, **env: str) -> Pipeline:
+    """The worker's app for a PostgreSQL sink on unreachable addresses (nothing connects), with `env`."""
     from agents.app import build_app
 
     settings = load_settings(
@@ -35,10 +35,16 @@ def pipeline(tmp_path: Path) -> Pipeline:
             "TSDB_DSN": "postgresql://u@127.0.0.1:1/db",
             "PIPELINE_DATA_DIR": str(tmp_path),
             "PIPELINE_CONFIG": "",
+            **env,
         }
     )
     catalog = load_topics(settings.topics_path(), settings.topic_vars())
     return build_app(settings, catalog)
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Pipeline:
+    return build(tmp_path)
 
 
 def test_the_faust_internals_agents_consumer_overrides_are_still_there() -> None:
@@ -211,19 +217,10 @@ async def test_the_fetch_loop_hands_a_batch_over_or_reads_it_again_never_drops_i
 
 
 def test_dedupe_standby_replicas_reach_faust(tmp_path: Path) -> None:
-    from agents.app import build_app
-
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-        "TSDB_ENABLED": "true",
-        "TSDB_DSN": "postgresql://u@127.0.0.1:1/db",
-        "PIPELINE_DATA_DIR": str(tmp_path),
-        "PIPELINE_CONFIG": "",
-    }
-    for given, expected in ((None, 0), ("1", 1), ("2", 2)):
-        settings = load_settings(environ=env if given is None else {**env, "DEDUPE_STANDBY_REPLICAS": given})
-        app = build_app(settings, load_topics(settings.topics_path(), settings.topic_vars())).app
-        assert app.conf.table_standby_replicas == expected
+    assert build(tmp_path).app.conf.table_standby_replicas == 0
+    for given in (1, 2):
+        app = build(tmp_path / str(given), DEDUPE_STANDBY_REPLICAS=str(given)).app
+        assert app.conf.table_standby_replicas == given
 
 
 async def test_an_agent_gets_every_queued_batch_as_one_group_acked_only_after_its_send(pipeline: Pipeline) -> None:

@@ -112,10 +112,3 @@ def test_forwarded_headers_are_what_merging_the_pipelines_own_gives(
     assert routed.rejection is None and routed.accepted is not None
     merged = h.merge(h.from_producer(headers), {**origin.headers(), h.EVENT_HASH: routed.accepted.event_hash})
     assert routed.headers == merged
-
-
-@given(st.binary(max_size=100), st.binary(max_size=5000), _headers)
-def test_the_cheap_size_bound_is_never_below_the_producers_estimate(
-    key: bytes, value: bytes, headers: list[tuple[str, bytes]]
-) -> None:
-    assert ingest._size_bound(key, value, headers) >= record_bytes(key, value, headers)
