@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline import events
 from pipeline.events import REASONS, Rejection, key_hash, parse_event
 
 BASE = {
@@ -182,7 +183,7 @@ def test_extreme_events_are_accepted_or_rejected_never_anything_else(raw: bytes,
     assert len(accepted.body) <= limit
     again = parse_event(accepted.body, limit)  # the canonical form is stable
     assert again.body == accepted.body
-    if accepted.event.idempotency_key is None:
+    if accepted.idempotency_key is None:
         assert again.event_hash == accepted.event_hash
 
 
@@ -226,3 +227,56 @@ def test_an_unexpected_error_is_a_rejection_with_its_own_reason(monkeypatch: pyt
     with pytest.raises(Rejection) as err:
         parse_event(json.dumps(BASE).encode(), 10_000)
     assert err.value.reason == "unprocessable" and "KeyError" in err.value.message
+
+
+# --------------------------------------------------------------------------------------------------
+# The plain path (orjson, no pydantic) gives what the full path gives, or leaves the message to it.
+
+
+def _full(raw: bytes, header_key: str | None) -> tuple[bytes, str | None] | Rejection:
+    try:
+        return events._accept(raw, header_key)
+    except Rejection as rejection:
+        return rejection
+
+
+def _same_as_full(raw: bytes, header_key: str | None = None) -> None:
+    plain = events._accept_plain(raw, header_key)
+    if plain is not None:
+        assert plain == _full(raw, header_key), raw[:200]
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(extreme_events(), st.one_of(st.none(), names))
+def test_the_plain_path_agrees_with_the_full_path_on_extreme_events(raw: bytes, header_key: str | None) -> None:
+    _same_as_full(raw, header_key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, timestamps)
+def test_the_plain_path_agrees_with_the_full_path_on_ordinary_events(payload: object, timestamp: str) -> None:
+    raw = json.dumps({**BASE, "timestamp": timestamp, "payload": payload}).encode()
+    _same_as_full(raw)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_float_text_is_the_canonical_spelling_of_repr(value: float) -> None:
+    assert events.float_text(value) == events.canonical_number(repr(value))
+
+
+def test_ordinary_events_take_the_plain_path() -> None:
+    for raw in (
+        json.dumps(BASE).encode(),
+        json.dumps({**BASE, "payload": {"t": 40.5, "rpm": 905, "ok": True, "v": [0.25, -3.0, 1e-05, 1.5e20]}}).encode(),
+        json.dumps({**BASE, "timestamp": "2026-11-22T12:00:00.123+05:30", "id": "a", "idempotency_key": "k"}).encode(),
+    ):
+        assert events._accept_plain(raw, None) is not None, raw
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["0.10000000000000000001", "12345678901234567", "1234567.123456789", "1e-400", "1e400", "5e-324", "2.5E+100"],
+)
+def test_numbers_a_double_may_not_hold_exactly_take_the_full_path(number: str) -> None:
+    raw = ('{"timestamp":"2026-11-22T10:00:00Z","source":"s","type":"t","payload":[' + number + "]}").encode()
+    assert events._accept_plain(raw, None) is None
