@@ -41,6 +41,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP, AppT
+from rocksdict import WriteBatch
 
 from pipeline.commits import committable
 
@@ -406,16 +407,40 @@ class TableStore:
 
     def key(self, key: str) -> bytes:
         """The stored (and changelog) form of a text key: Faust's JSON codec, a JSON string."""
-        if _PLAIN.issuperset(key):
+        if key.isascii() and (key.isalnum() or _PLAIN.issuperset(key)):
             return b'"' + key.encode() + b'"'
         return changelog_record(self.table, key, None)[0]
 
-    def get(self, partition: int, raw_key: bytes) -> bytes | None:
-        value: bytes | None = self._store._db_for_partition(partition).get(raw_key)
+    def writes(self, partition: int) -> PartitionWrites:
+        """Reads and buffered writes of one partition, written at once (one RocksDB write batch)."""
+        return PartitionWrites(self._store._db_for_partition(partition))
+
+
+class PartitionWrites:
+    """One partition's store for a batch of records: `get` sees the batch's own `put`s; `write` applies them
+    in one RocksDB write batch (as Faust's changelog recovery writes), about half the cost of a put each."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self._pending: dict[bytes, bytes] = {}
+
+    def get(self, raw_key: bytes) -> bytes | None:
+        pending = self._pending.get(raw_key)
+        if pending is not None:
+            return pending
+        value: bytes | None = self._db.get(raw_key)
         return value
 
-    def put(self, partition: int, raw_key: bytes, raw_value: bytes) -> None:
-        self._store._db_for_partition(partition).put(raw_key, raw_value)
+    def put(self, raw_key: bytes, raw_value: bytes) -> None:
+        self._pending[raw_key] = raw_value
+
+    def write(self) -> None:
+        if self._pending:
+            batch = WriteBatch(raw_mode=True)
+            for raw_key, raw_value in self._pending.items():
+                batch.put(raw_key, raw_value)
+            self._db.write(batch)
+            self._pending.clear()
 
 
 def store_of(table: Any) -> Any:

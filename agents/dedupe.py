@@ -101,6 +101,7 @@ def register(pipeline: Pipeline) -> None:
         out: list[Record] = []
         forwarded = redelivered = duplicates = 0
         now_ms = int(time.time() * 1000)
+        db = store.writes(partition)
         for message in batch.records:
             key = message.key
             table_key = _table_key(key)
@@ -113,7 +114,7 @@ def register(pipeline: Pipeline) -> None:
                 continue
             raw_key = store.key(table_key)
             decision = decide(
-                Seen.from_bytes(store.get(partition, raw_key)),
+                Seen.from_bytes(db.get(raw_key)),
                 now_ms=now_ms,
                 window_ms=window_ms,
                 partition=message.partition,
@@ -129,12 +130,13 @@ def register(pipeline: Pipeline) -> None:
                 # A redelivery of this same record is recognised by its partition and offset and forwarded
                 # again (see pipeline.dedupe).
                 raw_value = Seen(now_ms, message.partition, message.offset).to_bytes()
-                store.put(partition, raw_key, raw_value)
+                db.put(raw_key, raw_value)
                 index.add(table_key, now_ms)
                 out.append(Record(changelog, raw_key, raw_value, (), partition))
                 forwarded += 1
             else:
                 redelivered += 1
+        db.write()
         metrics.DUPLICATES.inc(duplicates)
         metrics.FORWARDED.inc(forwarded)
         metrics.REDELIVERED.inc(redelivered)

@@ -307,18 +307,18 @@ def _accept_plain(raw: bytes, header_key: str | None) -> tuple[bytes, str | None
     timestamp = _plain_timestamp(obj.get("timestamp"))
     if timestamp is None:
         return None
-    body: dict[str, Any] = {
-        "timestamp": timestamp,
-        "source": source,
-        "type": kind,
-        "labels": labels,
-        "payload": _exact_floats(obj["payload"]) if "payload" in obj else {},
-    }
-    if event_id is not None:
-        body["id"] = event_id
     try:
+        body: dict[str, Any] = {
+            "timestamp": timestamp,
+            "source": source,
+            "type": kind,
+            "labels": labels,
+            "payload": _exact_floats(obj["payload"]) if "payload" in obj else {},
+        }
+        if event_id is not None:
+            body["id"] = event_id
         return _dump(body), idempotency_key
-    except ValueError:
+    except (ValueError, RecursionError):  # the full path names the problem
         return None
 
 

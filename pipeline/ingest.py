@@ -14,7 +14,7 @@ from pipeline.limits import record_bytes
 RawHeaders = Iterable[tuple[str, bytes | None]] | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
     topic: str
     partition: int
@@ -24,11 +24,16 @@ class Origin:
         return {h.ORIGIN_TOPIC: self.topic, h.ORIGIN_PARTITION: self.partition, h.ORIGIN_OFFSET: self.offset}
 
     def encoded(self) -> list[tuple[str, bytes]]:
-        """`headers()` as header values, encoded as headers.merge encodes them."""
-        return [(name, h.text(value)) for name, value in self.headers().items()]
+        """`headers()` as header values, encoded as headers.merge encodes them (h.text of a topic name, a
+        partition and an offset, which are short ASCII: no truncation or replacement can apply)."""
+        return [
+            (h.ORIGIN_TOPIC, self.topic.encode()),
+            (h.ORIGIN_PARTITION, b"%d" % self.partition),
+            (h.ORIGIN_OFFSET, b"%d" % self.offset),
+        ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Routed:
     """One record to produce: to the by-hash topic (`rejection` None) or to the ingest DLQ."""
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 
@@ -24,8 +23,7 @@ LINGER_MS = 5
 MAX_BATCH_BYTES = 512 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):  # a tuple: the agents build one per record they produce
     topic: str
     key: bytes | None
     value: bytes | None
@@ -128,16 +126,20 @@ class BatchProducer:
         builders: dict[tuple[str, int], Any] = {}
         futures: list[asyncio.Future[Any]] = []
         counts: list[int] = []
+        keyed = {record.topic for record in records if record.partition is None}
+        partitions = {topic: await self.partitions(topic) for topic in keyed}
         for record in records:
             partition = record.partition
             if partition is None:
                 self._spread += 1
-                partition = partition_for(record.key, await self.partitions(record.topic), self._spread)
+                partition = partition_for(record.key, partitions[record.topic], self._spread)
             where = (record.topic, partition)
             builder = builders.get(where)
             if builder is None:
                 builder = builders[where] = self._producer.create_batch()
-            headers = list(record.headers)
+            headers = record.headers
+            if type(headers) is not list:  # aiokafka's record builder takes lists only
+                headers = list(headers)
             if builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
                 counts.append(builder.record_count())
                 futures.append(await self._producer.send_batch(builder, record.topic, partition=partition))

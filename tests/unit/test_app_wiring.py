@@ -143,19 +143,23 @@ async def test_changelog_records_and_raw_table_writes_match_fausts(pipeline: Pip
 
     table: Any = pipeline.app.tables["dedupe"]
     store = TableStore(table)
-    for key in ("ab" * 32, "Odd key é\"'", "k-1:2"):
+    for key in ("ab" * 32, "AB09" * 16, "Odd key é\"'", "é" * 4, "k-1:2", "a b"):
         raw_key, _ = changelog_record(table, key, None)
         assert store.key(key) == raw_key  # the fast path gives Faust's JSON codec's bytes
     key, seen = "cd" * 32, Seen(1, 2, 3)
     raw_key, raw_value = changelog_record(table, key, seen.to_json())
     assert raw_key == b'"' + key.encode() + b'"'
     assert raw_value is not None and Seen.from_bytes(raw_value) == seen
-    store.put(2, store.key(key), seen.to_bytes())
-    assert Seen.from_bytes(store.get(2, store.key(key))) == seen
-    assert store.get(1, store.key(key)) is None  # partition 2's RocksDB only
+    writes = store.writes(2)
+    writes.put(store.key(key), seen.to_bytes())
+    assert Seen.from_bytes(writes.get(store.key(key))) == seen  # the batch sees its own writes
     decoded = store_of(table)
+    assert decoded.get(key) is None  # nothing in RocksDB before the write batch
+    writes.write()
+    assert Seen.from_bytes(store.writes(2).get(store.key(key))) == seen
+    assert store.writes(1).get(store.key(key)) is None  # partition 2's RocksDB only
     assert Seen.from_json(decoded.get(key)) == seen  # the expiry timer's view (Faust's decoding)
-    assert decoded.pop(key, None) is not None and store.get(2, store.key(key)) is None
+    assert decoded.pop(key, None) is not None and store.writes(2).get(store.key(key)) is None
 
 
 class _Thread:
