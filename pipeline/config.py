@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     # to another worker is restored from its (compacted) changelog before it is processed: its events wait in
     # Kafka meanwhile. A restarted pod keeps its own state on its volume either way.
     dedupe_standby_replicas: int = Field(0, ge=0, le=8)
+    # Allocations between two generation-0 passes of Python's cyclic garbage collector in a worker (CPython's
+    # default is 700; 0 keeps the defaults). See pipeline.gc_tuning.
+    gc_gen0_threshold: int = Field(50_000, ge=0, le=10_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     web_enabled: bool = Field(True, description="serve /metrics, /health/*, admin and POST /ingest")
@@ -392,6 +395,7 @@ _GLOBAL_ENV: dict[str, str] = {
     "dedupe_block_cache_bytes": "DEDUPE_BLOCK_CACHE_BYTES",
     "dedupe_write_buffer_bytes": "DEDUPE_WRITE_BUFFER_BYTES",
     "dedupe_standby_replicas": "DEDUPE_STANDBY_REPLICAS",
+    "gc_gen0_threshold": "GC_GEN0_THRESHOLD",
     "log_level": "LOG_LEVEL",
     "log_format": "LOG_FORMAT",
     "web_enabled": "WEB_ENABLED",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import structlog
 
+from pipeline import gc_tuning
 from pipeline.cli.common import EX_CONFIG, ConfigOption, fail, settings_or_exit
 from pipeline.config import ConfigError
 from pipeline.delivery.consumer import check_poll_interval
@@ -64,6 +65,7 @@ def worker(config: Path | None = ConfigOption) -> None:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pipeline = build_app(settings, catalog)
+    gc_tuning.tune(settings.gc_gen0_threshold)
     log.info(
         "worker starting",
         app_id=settings.app_id,
