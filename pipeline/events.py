@@ -255,10 +255,17 @@ def _accept(raw: bytes, header_key: str | None) -> tuple[bytes, str | None]:
 # The plain path: what most events are, at a fraction of the cost. It gives exactly what the full path
 # gives (tests/unit/test_events.py compares the two over extreme events) or None, and then the full path
 # decides. It decodes with orjson, whose numbers are binary floats, so it takes only messages where that
-# loses nothing: no run of 16 or more digits (a mantissa of at most 15 significant digits is recovered
-# exactly from its double, and repr gives that same decimal value) and no exponent of 3 or more digits
-# (so every value lies well inside the range of normal doubles, where that holds). Strings that look like
-# such numbers send a message to the full path as well, which is only slower.
+# loses nothing:
+# - no exponent of 3 or more digits, so a number of at most 15 significant digits lies well inside the
+#   range of normal doubles, where its double gives it back exactly (repr is that same decimal value);
+# - every run of 16 or more digits and points (a longer number, or text that looks like one) spells the
+#   canonical value of a number the document parsed to. That holds for what serialisers write (the
+#   shortest text that gives the double back: 1764625749.1234567, 59.91273456789012) and fails for a
+#   number a double cannot hold (0.10000000000000000001, an integer beyond 64 bits): if a float literal L
+#   gave a double d whose repr is another value, L's value would have to be the repr of another parsed
+#   double e, but then d = float(L) = e, and repr(d) would be L's value after all. (Integer literals are
+#   matched against parsed ints only, which orjson parses exactly.)
+# Anything else (such text in a string, for one) goes to the full path, which is only slower.
 
 # Digits and points -> "0", exponent letters -> "e", signs -> "+", anything else -> " ": one C pass, then
 # substring searches find a 16-character run of digits and points or an exponent of 3 digits.
@@ -268,9 +275,28 @@ _NUMBER_SHAPES = bytes(
 )
 
 
-def _plain_numbers(raw: bytes) -> bool:
+def _number_shapes(raw: bytes) -> tuple[bool, bool]:
+    """(whether every exponent is short, whether there is a run of 16 or more digits and points)."""
     shapes = raw.translate(_NUMBER_SHAPES)
-    return b"0000000000000000" not in shapes and b"e000" not in shapes and b"e+000" not in shapes
+    return b"e000" not in shapes and b"e+000" not in shapes, b"0000000000000000" in shapes
+
+
+_LONG_NUMBER = re.compile(rb"-?[0-9.]{16,}(?:[eE][-+]?[0-9]+)?")
+
+
+def _long_numbers_exact(raw: bytes, parsed: set[str]) -> bool:
+    """Whether every long run in `raw` spells (canonically) the canonical text of one of the `parsed` numbers
+    of its kind: a literal with a point or an exponent is a float to orjson, an integer literal an int (one
+    beyond 64 bits a float, so never equal to a parsed int)."""
+    for match in _LONG_NUMBER.finditer(raw):
+        literal = match.group().decode()
+        kind = "f" if any(c in literal for c in ".eE") else "i"
+        try:
+            if kind + canonical_number(literal) not in parsed:
+                return False
+        except ValueError:  # not a number (text in a string): the full path decides
+            return False
+    return True
 
 
 _PLAIN_TIMESTAMP = re.compile(
@@ -282,7 +308,8 @@ _KEY_LEN = (1, MAX_KEY_LEN)
 
 
 def _accept_plain(raw: bytes, header_key: str | None) -> tuple[bytes, str | None] | None:
-    if not _plain_numbers(raw):
+    short_exponents, long_runs = _number_shapes(raw)
+    if not short_exponents:
         return None
     try:
         obj = orjson.loads(raw)
@@ -307,14 +334,17 @@ def _accept_plain(raw: bytes, header_key: str | None) -> tuple[bytes, str | None
     timestamp = _plain_timestamp(obj.get("timestamp"))
     if timestamp is None:
         return None
+    numbers: set[str] | None = set() if long_runs else None  # the payload's numbers, to check long runs
     try:
         body: dict[str, Any] = {
             "timestamp": timestamp,
             "source": source,
             "type": kind,
             "labels": labels,
-            "payload": _exact_floats(obj["payload"]) if "payload" in obj else {},
+            "payload": _exact_floats(obj["payload"], numbers) if "payload" in obj else {},
         }
+        if numbers is not None and not _long_numbers_exact(raw, numbers):
+            return None
         if event_id is not None:
             body["id"] = event_id
         return _dump(body), idempotency_key
@@ -340,15 +370,22 @@ def _plain_timestamp(value: object) -> str | None:
     return f"{value[:19]}.{fraction}{'000000'[len(fraction) :]}Z"
 
 
-def _exact_floats(value: Any) -> Any:
-    """`value` (from orjson) with every float as its canonical number (see the plain path's rule)."""
+def _exact_floats(value: Any, numbers: set[str] | None = None) -> Any:
+    """`value` (from orjson) with every float as its canonical number; the canonical text of every number
+    goes into `numbers` when given, after "f" for a float and "i" for an int."""
+    visit = _CONTAINERS_OR_FLOAT if numbers is None else _CONTAINERS_OR_NUMBER
     kind = type(value)
     if kind is dict:
-        return {k: _exact_floats(v) if type(v) in _CONTAINERS_OR_FLOAT else v for k, v in value.items()}
+        return {k: _exact_floats(v, numbers) if type(v) in visit else v for k, v in value.items()}
     if kind is list:
-        return [_exact_floats(v) if type(v) in _CONTAINERS_OR_FLOAT else v for v in value]
+        return [_exact_floats(v, numbers) if type(v) in visit else v for v in value]
     if kind is float:
-        return orjson.Fragment(float_text(value))
+        text = float_text(value)
+        if numbers is not None:
+            numbers.add("f" + text)
+        return orjson.Fragment(text)
+    if kind is int and numbers is not None:
+        numbers.add("i" + str(value))
     return value
 
 
@@ -363,6 +400,7 @@ def float_text(value: float) -> str:
 
 
 _CONTAINERS_OR_FLOAT = frozenset({dict, list, float})
+_CONTAINERS_OR_NUMBER = frozenset({dict, list, float, int})
 
 
 def _loads(text: str) -> Any:

@@ -275,8 +275,36 @@ def test_ordinary_events_take_the_plain_path() -> None:
 
 @pytest.mark.parametrize(
     "number",
-    ["0.10000000000000000001", "12345678901234567", "1234567.123456789", "1e-400", "1e400", "5e-324", "2.5E+100"],
+    ["0.10000000000000000001", "123456789012345678901", "1234567.1234567891", "1e-400", "1e400", "5e-324", "2.5E+100"],
 )
 def test_numbers_a_double_may_not_hold_exactly_take_the_full_path(number: str) -> None:
     raw = ('{"timestamp":"2026-11-22T10:00:00Z","source":"s","type":"t","payload":[' + number + "]}").encode()
+    assert events._accept_plain(raw, None) is None
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [
+        "1764625749.1234567",  # an epoch time in seconds as serialisers write it: 17 digits
+        "59.91273456789012, 10.752245678901234",
+        "1764625749123456789",  # nanoseconds: an integer of 19 digits, within 64 bits
+        "0.30000000000000004",  # 0.1 + 0.2 as written by any shortest-repr serialiser
+    ],
+)
+def test_long_numbers_serialisers_write_take_the_plain_path(numbers: str) -> None:
+    raw = ('{"timestamp":"2026-11-22T10:00:00Z","source":"s","type":"t","payload":[' + numbers + "]}").encode()
+    plain = events._accept_plain(raw, None)
+    assert plain is not None and plain == events._accept(raw, None)
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [
+        "0.1, 0.10000000000000001",  # the second is 0.1 as a double but not as a number
+        "12345678901234567, 12345678901234567.0",  # the float is ...568 as a double
+        "18446744073709551616, 1.8446744073709552e19",  # 2**64: a float to orjson
+    ],
+)
+def test_long_numbers_a_double_changes_take_the_full_path(numbers: str) -> None:
+    raw = ('{"timestamp":"2026-11-22T10:00:00Z","source":"s","type":"t","payload":[' + numbers + "]}").encode()
     assert events._accept_plain(raw, None) is None
