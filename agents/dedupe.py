@@ -109,7 +109,12 @@ def register(pipeline: Pipeline) -> None:
                 why = Rejection("unprocessable", "a by-hash record's key must be the event hash (UTF-8 text)")
                 origin = Origin(message.topic, message.partition, message.offset)
                 routed = dead_letter(key, message.value, message.headers, origin, why)
-                log.warning("by-hash record without a valid key", **vars(origin))
+                log.warning(
+                    "by-hash record without a valid key",
+                    topic=origin.topic,
+                    partition=origin.partition,
+                    offset=origin.offset,
+                )
                 out.append(Record(dlq, routed.key, routed.value, routed.headers))
                 continue
             raw_key = store.key(table_key)
