@@ -20,17 +20,18 @@ class Origin:
     partition: int
     offset: int
 
-    def headers(self) -> dict[str, object]:
-        return {h.ORIGIN_TOPIC: self.topic, h.ORIGIN_PARTITION: self.partition, h.ORIGIN_OFFSET: self.offset}
-
     def encoded(self) -> list[tuple[str, bytes]]:
-        """`headers()` as header values, encoded as headers.merge encodes them (h.text of a topic name, a
-        partition and an offset, which are short ASCII: no truncation or replacement can apply)."""
+        """The origin headers, encoded as headers.merge encodes values (h.text of a Kafka topic name, a
+        partition and an offset: short ASCII, so no truncation or replacement applies). The hot path."""
         return [
             (h.ORIGIN_TOPIC, self.topic.encode()),
             (h.ORIGIN_PARTITION, b"%d" % self.partition),
             (h.ORIGIN_OFFSET, b"%d" % self.offset),
         ]
+
+    def headers(self) -> dict[str, object]:
+        """The same headers as text, for headers.merge (dead letters)."""
+        return {name: value.decode() for name, value in self.encoded()}
 
 
 @dataclass(frozen=True, slots=True)
