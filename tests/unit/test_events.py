@@ -308,3 +308,24 @@ def test_long_numbers_serialisers_write_take_the_plain_path(numbers: str) -> Non
 def test_long_numbers_a_double_changes_take_the_full_path(numbers: str) -> None:
     raw = ('{"timestamp":"2026-11-22T10:00:00Z","source":"s","type":"t","payload":[' + numbers + "]}").encode()
     assert events._accept_plain(raw, None) is None
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet='0123456789.-+eE a"', max_size=120).map(str.encode))
+def test_long_numbers_are_found_as_the_regular_expression_finds_them(raw: bytes) -> None:
+    _, shapes = events._number_shapes(raw)
+    found = list(events._long_numbers(raw, shapes)) if shapes is not None else []
+    assert found == [match.group() for match in events._LONG_NUMBER.finditer(raw)]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"-12345678901234567e-5 x 1234567890123456.7E+3-0000000000000000",
+        b"--1234567890123456 12345678901234567890123456789012.5e10",
+    ],
+)
+def test_long_numbers_signs_and_exponents_belong_to_their_run(raw: bytes) -> None:
+    _, shapes = events._number_shapes(raw)
+    assert shapes is not None
+    assert list(events._long_numbers(raw, shapes)) == [m.group() for m in events._LONG_NUMBER.finditer(raw)]
