@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,10 @@ def demo(
             "PIPELINE_CONFIG": "",
         }
         console.print("[bold]3/5[/] topics and worker")
+        # The worker's local dedupe store belongs to the broker whose changelog it mirrors: after
+        # `devstack kafka down --wipe` the kept store is ahead of the new, empty changelog and Faust
+        # refuses to start (ConsistencyError). Each demo run has its own events, so it starts afresh.
+        shutil.rmtree(workdir / "data", ignore_errors=True)
         _run([sys.executable, "-m", "pipeline.cli.main", "topics", "apply"], env)
         log_path = workdir / "worker.log"
         with log_path.open("wb") as log:
