@@ -324,7 +324,7 @@ _KEY_LEN = (1, MAX_KEY_LEN)
 
 
 def _accept_plain(raw: bytes, header_key: str | None) -> tuple[bytes, str | None] | None:
-    short_exponents, long_runs = _number_shapes(raw)
+    short_exponents, run_shapes = _number_shapes(raw)
     if not short_exponents:
         return None
     try:
@@ -350,7 +350,7 @@ def _accept_plain(raw: bytes, header_key: str | None) -> tuple[bytes, str | None
     timestamp = _plain_timestamp(obj.get("timestamp"))
     if timestamp is None:
         return None
-    numbers: set[str] | None = set() if long_runs is not None else None  # the payload's numbers, to check long runs
+    numbers: set[str] | None = None if run_shapes is None else set()  # the payload's numbers, to check long runs
     try:
         body: dict[str, Any] = {
             "timestamp": timestamp,
@@ -359,7 +359,7 @@ def _accept_plain(raw: bytes, header_key: str | None) -> tuple[bytes, str | None
             "labels": labels,
             "payload": _exact_floats(obj["payload"], numbers) if "payload" in obj else {},
         }
-        if long_runs is not None and numbers is not None and not _long_numbers_exact(raw, long_runs, numbers):
+        if run_shapes is not None and numbers is not None and not _long_numbers_exact(raw, run_shapes, numbers):
             return None
         if event_id is not None:
             body["id"] = event_id

@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.devstack.kafka import DevstackError, kafka_down, kafka_up
+from pipeline.devstack.kafka import DevstackError, kafka_down, kafka_up, state_root
 from pipeline.devstack.postgres import postgres_down, postgres_up
 from pipeline.observability.lag import topic_size
 
@@ -50,7 +50,7 @@ def demo(
     timeout: float = typer.Option(180.0, help="Seconds to wait for everything to land."),
 ) -> None:
     """Run the pipeline end to end on the local stack and show what landed."""
-    workdir = Path(os.environ.get("PIPELINE_STATE_DIR", Path.home() / ".local/state/pipeline")) / "demo"
+    workdir = state_root() / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
     started_kafka = started_pg = False
     worker: subprocess.Popen[bytes] | None = None
