@@ -56,6 +56,38 @@ def test_the_faust_internals_agents_consumer_overrides_are_still_there() -> None
         assert callable(getattr(AIOKafkaFaustConsumer, name)), name
 
 
+def test_the_mode_internals_of_the_in_loop_consumer_are_still_there() -> None:
+    """agents.consumer.InLoopConsumerThread runs mode's ServiceThread in the worker's loop (mode 0.4)."""
+    from mode.threads import QueueServiceThread, ServiceThread
+
+    serve = inspect.getsource(ServiceThread._serve)
+    assert "await self._default_start()" in serve and "notify, self._thread_running" in serve
+    # A crash of the consumer still takes the worker down, and the stop still sweeps the loop's tasks.
+    assert "self.beacon.root.data.crash(exc)" in serve and "await self._gather_remaining_tasks()" in serve
+    assert "all_tasks(loop=self.thread_loop)" in inspect.getsource(ServiceThread._gather_remaining_tasks)
+    assert "thread_loop" in inspect.signature(ServiceThread.__init__).parameters
+    assert "self._thread_started.set()" in inspect.getsource(ServiceThread.start)
+    assert "method_queue.start()" in inspect.getsource(QueueServiceThread.on_thread_started)
+    for name in ("call_thread", "cast_thread"):
+        assert list(inspect.signature(getattr(QueueServiceThread, name)).parameters) == [
+            "self",
+            "fun",
+            "args",
+            "kwargs",
+        ]
+    # Faust reaches its aiokafka consumer only through call_thread.
+    for name in ("commit", "seek_to_committed", "subscribe", "position", "highwaters", "earliest_offsets"):
+        assert "self.call_thread(" in inspect.getsource(getattr(AIOKafkaConsumerThread, name)), name
+
+
+def test_the_app_consumer_runs_in_the_worker_loop(pipeline: Pipeline) -> None:
+    from agents.consumer import InLoopConsumerThread
+
+    thread = pipeline.app.consumer._thread  # type: ignore[attr-defined]
+    assert isinstance(thread, InLoopConsumerThread)
+    assert thread.thread_loop is thread.parent_loop is pipeline.app.loop
+
+
 async def test_the_app_consumer_reads_committed_records_only(pipeline: Pipeline) -> None:
     app_consumer: Any = pipeline.app.consumer
     thread = app_consumer._thread
