@@ -4,7 +4,9 @@ reading committed records only.
 Installed on the app's transport by agents.app.build_app. It overrides these methods of
 faust-streaming 0.15 (pinned below 0.16 for this reason; re-check them on upgrade; the contract tests in
 tests/unit/test_app_wiring.py fail when they change underneath):
-- `_new_consumer_thread` / `AIOKafkaConsumerThread._create_worker_consumer`: the aiokafka consumer reads
+- `_new_consumer_thread`: the consumer "thread" runs in the worker's own event loop (InLoopConsumerThread,
+  over mode-streaming 0.7's ServiceThread, pinned below 0.8 for this reason).
+- `AIOKafkaConsumerThread._create_worker_consumer`: the aiokafka consumer reads
   with isolation level read_committed (Faust does so only with exactly_once processing), so records of
   aborted producer transactions never reach an agent; they become gaps like transaction markers.
 - `_add_gap`: Faust would mark offsets its fetch loop skipped as acked; here they stay missing until

@@ -57,8 +57,12 @@ def test_the_faust_internals_agents_consumer_overrides_are_still_there() -> None
 
 
 def test_the_mode_internals_of_the_in_loop_consumer_are_still_there() -> None:
-    """agents.consumer.InLoopConsumerThread runs mode's ServiceThread in the worker's loop (mode 0.4)."""
+    """agents.consumer.InLoopConsumerThread runs mode's ServiceThread in the worker's loop (mode-streaming 0.7)."""
+    from importlib.metadata import version
+
     from mode.threads import QueueServiceThread, ServiceThread
+
+    assert version("mode-streaming").startswith("0.7."), "re-check InLoopConsumerThread against this mode version"
 
     serve = inspect.getsource(ServiceThread._serve)
     assert "await self._default_start()" in serve and "notify, self._thread_running" in serve
