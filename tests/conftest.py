@@ -7,13 +7,15 @@ local process is chosen.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pipeline.devstack.kafka import kafka_for_tests
-from pipeline.devstack.postgres import postgres_for_tests
+from pipeline.devstack.postgres import make_reachable_tempdir, postgres_for_tests
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,14 @@ def postgres_dsn() -> Iterator[str]:
 def unique_id() -> str:
     """A short unique string for per-test topic prefixes, app ids and table names."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """An empty devstack state directory (``--state-dir`` / ``PIPELINE_STATE_DIR``) that PostgreSQL's
+    unprivileged user can reach; removed afterwards."""
+    base = make_reachable_tempdir(prefix="pipeline-devstack-test-")
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -7,28 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from pipeline.devstack.kafka import free_port
-from pipeline.devstack.postgres import make_reachable_tempdir
 from tests.support import REPO
 
 EVENTS, DUPLICATES = 200, 40
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    base = make_reachable_tempdir(prefix="pipeline-demo-test-")
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def cli(state_dir: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from typer.testing import CliRunner
 
 from pipeline.cli.devstack import NOT_RUNNING_EXIT, app
 from pipeline.devstack.kafka import free_port
-from pipeline.devstack.postgres import make_reachable_tempdir
 from tests.support import poll
 
 runner = CliRunner()
@@ -26,15 +22,6 @@ def invoke(*args: str) -> tuple[int, str]:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.output
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    base = make_reachable_tempdir(prefix="pipeline-devstack-test-")
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_kafka_produce_and_consume(kafka_bootstrap: str, unique_id: str) -> None:
