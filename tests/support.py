@@ -110,7 +110,7 @@ class WorkerProcess:
 
 
 def run_cli(
-    *args: str, env: Mapping[str, str], cwd: Path | None = None, stdin: bytes | None = None
+    *args: str, env: Mapping[str, str], cwd: Path | None = None, stdin: bytes | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli.main", *args],
@@ -119,7 +119,7 @@ def run_cli(
         input=stdin.decode() if stdin is not None else None,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 

@@ -5,28 +5,19 @@ worker's local dedupe store would be ahead of the new, empty changelog."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from pipeline.devstack.kafka import free_port
-from tests.support import REPO
+from tests.support import run_cli
 
 EVENTS, DUPLICATES = 200, 40
 
 
 def cli(state_dir: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "POSTGRES_DSN")}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", *args],
-        env={**env, "PIPELINE_STATE_DIR": str(state_dir), "COLUMNS": "250"},  # rich wraps at 80 otherwise
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    # The demo finds its broker and database in the state directory; rich wraps its report at 80 columns.
+    return run_cli(*args, env={"PIPELINE_STATE_DIR": str(state_dir), "COLUMNS": "250"}, timeout=timeout)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
