@@ -3,13 +3,15 @@
 The agents hand over every record a batch of input caused (forwards, fan-out, dead letters); they are
 grouped by topic and partition into record batches (aiokafka's `create_batch`/`send_batch`: no per-record
 future, partitioner call or accumulator round trip), sent, and `send` returns once Kafka acknowledged all of
-them (acks=all, idempotent producer) or raises. Partitions are those of Kafka's default partitioner
-(murmur2 of the key), so the by-hash topic and the dedupe table stay co-partitioned with any other client.
+them (acks=all, idempotent producer) or raises. Sends made while a flush is in flight share the next flush
+(BatchProducer). Partitions are those of Kafka's default partitioner (murmur2 of the key), so the by-hash
+topic and the dedupe table stay co-partitioned with any other client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -18,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.config import KafkaSettings
 
-# Producer settings for a backlog: a batch per partition fills up instead of leaving after a few records.
+# The linger of the pipeline's other producers (the publisher, retry tiers and DLQs); BatchProducer needs none.
 LINGER_MS = 5
 MAX_BATCH_BYTES = 512 * 1024
 
@@ -87,21 +89,46 @@ def acked_producer(
     return AIOKafkaProducer(**options)
 
 
+class _Pending:
+    """Records of one partition not yet handed to aiokafka: their batch builder, and the future of the batch's
+    base offset that every sender with a record in it waits on."""
+
+    __slots__ = ("builder", "done")
+
+    def __init__(self, builder: Any, done: asyncio.Future[int]) -> None:
+        self.builder = builder
+        self.done = done
+
+
 class BatchProducer:
+    """Produces record batches, one flush in flight at a time, and coalesces what is sent meanwhile.
+
+    `send` appends its records to the open batch of each partition and waits for those batches' acks. A flush
+    hands every open batch to aiokafka at once (one produce request per broker) and waits for their acks;
+    whatever is sent meanwhile joins the next flush. A record is sent at once when nothing is in flight,
+    and under load the batches grow with the load: the batching adapts without a linger (aiokafka sends one
+    request per broker at a time anyway, so a batch that waited behind it loses nothing)."""
+
     def __init__(self, kafka: KafkaSettings, *, client_id: str, max_request_size: int, **overrides: Any) -> None:
         self._producer = acked_producer(
             kafka,
             client_id=client_id,
             max_request_size=max_request_size,
-            **{"max_batch_size": MAX_BATCH_BYTES, **overrides},
+            **{"max_batch_size": MAX_BATCH_BYTES, "linger_ms": 0, **overrides},
         )
         self._partitions: dict[str, int] = {}
         self._spread = 0
+        self._open: dict[tuple[str, int], list[_Pending]] = {}  # per partition: full batches, then the open one
+        self._flusher: asyncio.Task[None] | None = None
+        self.flushes = 0  # flushes handed to aiokafka (what the coalescing saves shows against the sends)
 
     async def start(self) -> None:
         await self._producer.start()
 
     async def stop(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
         await self._producer.stop()
 
     async def __aenter__(self) -> BatchProducer:
@@ -119,39 +146,70 @@ class BatchProducer:
         return count
 
     async def send(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
-        """Produce `records` (in order per partition) and wait until Kafka acknowledged every one. Returns the
-        offset of the last record written per (topic, partition)."""
+        """Produce `records` (in order per partition, after what earlier sends queued) and wait until Kafka
+        acknowledged every one. Returns the offset of the last record written per (topic, partition)."""
         if not records:
             return {}
-        builders: dict[tuple[str, int], Any] = {}
-        futures: list[asyncio.Future[Any]] = []
-        counts: list[int] = []
         keyed = {record.topic for record in records if record.partition is None}
         partitions = {topic: await self.partitions(topic) for topic in keyed}
+        last: dict[tuple[str, int], tuple[_Pending, int]] = {}  # the batch and index of its last record here
         for record in records:
             partition = record.partition
             if partition is None:
                 self._spread += 1
                 partition = partition_for(record.key, partitions[record.topic], self._spread)
             where = (record.topic, partition)
-            builder = builders.get(where)
-            if builder is None:
-                builder = builders[where] = self._producer.create_batch()
+            chain = self._open.get(where)
+            if chain is None:
+                chain = self._open[where] = [self._pending()]
+            pending = chain[-1]
             headers = record.headers
             if type(headers) is not list:  # aiokafka's record builder takes lists only
                 headers = list(headers)
-            if builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
-                counts.append(builder.record_count())
-                futures.append(await self._producer.send_batch(builder, record.topic, partition=partition))
-                builder = builders[where] = self._producer.create_batch()
-                if builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
+            if pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
+                pending = self._pending()
+                chain.append(pending)
+                if pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
                     raise ValueError(f"a record for {record.topic} is larger than a batch may be")
-        for (topic, partition), builder in builders.items():
-            if builder.record_count():
-                counts.append(builder.record_count())
-                futures.append(await self._producer.send_batch(builder, topic, partition=partition))
-        last: dict[tuple[str, int], int] = {}
-        for metadata, count in zip(await asyncio.gather(*futures), counts, strict=True):
-            where = (metadata.topic, metadata.partition)
-            last[where] = max(last.get(where, -1), metadata.offset + count - 1)
-        return last
+            last[where] = (pending, pending.builder.record_count() - 1)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="batch-producer-flush")
+        return {where: await pending.done + index for where, (pending, index) in last.items()}
+
+    def _pending(self) -> _Pending:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieve)
+        return _Pending(self._producer.create_batch(), done)
+
+    async def _flush(self) -> None:
+        """Hand over every open batch, wait for their acks, and again while sends queued more meanwhile."""
+        while self._open:
+            chains, self._open = self._open, {}
+            self.flushes += 1
+            handed: list[tuple[_Pending, asyncio.Future[Any]]] = []
+            try:
+                # The first batch of every partition, then the second ones: the first request takes one each.
+                for level in range(max(len(chain) for chain in chains.values())):
+                    for (topic, partition), chain in chains.items():
+                        if level < len(chain):
+                            future = await self._producer.send_batch(chain[level].builder, topic, partition=partition)
+                            handed.append((chain[level], future))
+            except Exception as exc:  # every batch not handed over fails with it (its senders raise)
+                sent = {id(pending) for pending, _ in handed}
+                for chain in chains.values():
+                    for pending in chain:
+                        if id(pending) not in sent:
+                            pending.done.set_exception(exc)
+            for pending, future in handed:
+                try:
+                    metadata = await future
+                except Exception as exc:
+                    pending.done.set_exception(exc)
+                else:
+                    pending.done.set_result(metadata.offset)
+
+
+def _retrieve(future: asyncio.Future[int]) -> None:
+    """A send that stopped waiting (its agent is stopping) must not leave an unretrieved failure behind."""
+    if not future.cancelled():
+        future.exception()
