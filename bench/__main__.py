@@ -14,7 +14,8 @@ Parts (each contender on its own topics, consumer groups and table; every stage 
                backlog: each drain rate and its ratio to the 1-worker drain (needs --partitions >= the most
                workers); --sink-rtt-ms adds a round trip before PostgreSQL (a remote database),
                --scaleout-env NAME=VALUE a setting for every worker
-  latency      publish -> row at half the pipeline's measured drain rate
+  latency      publish -> row at half the pipeline's measured drain rate, after --latency-warmup seconds at
+               that rate (not measured)
   rss          peak RSS of a worker whose dedupe table holds --dedupe-entries hashes
   profile      py-spy on a worker draining --profile-events (not in the default set)
 Results: bench/results/<UTC time>.json, latest.json and bench.png. Exit status: 0, 1 (--check and a target
@@ -80,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--latency-seconds", type=float, default=30.0, help="length of the offered load (30)")
     p.add_argument("--latency-rate", type=float, help="offered events/s (default: half the measured drain rate)")
+    p.add_argument(
+        "--latency-warmup",
+        type=float,
+        default=5.0,
+        help="seconds offered at the same rate before the measured ones, which follow without a pause: a new "
+        "worker's first load grows its heap (5)",
+    )
     p.add_argument("--dedupe-entries", type=int, default=1_000_000, help="hashes in the table for rss (1000000)")
     p.add_argument("--rss-events", type=int, default=20_000, help="backlog drained with the full table (20000)")
     p.add_argument("--profile-events", type=int, default=50_000, help="backlog drained while profiling (50000)")
@@ -180,7 +188,7 @@ async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp
             print("bench: latency skipped: no drain rate measured; give --latency-rate", flush=True)
         else:
             print(f"bench: latency at {rate:,.0f} events/s for {args.latency_seconds:.0f} s ...", flush=True)
-            results.latency = await runs.latency(run, rate, args.latency_seconds)
+            results.latency = await runs.latency(run, rate, args.latency_seconds, warmup=args.latency_warmup)
     if "rss" in parts:
         print(f"bench: RSS with {args.dedupe_entries:,} hashes in the dedupe table ...", flush=True)
         results.rss_1m = await runs.rss_with_entries(run, args.dedupe_entries, args.rss_events)

@@ -56,6 +56,7 @@ class Latency:
 
     offered_rate: float
     seconds: float
+    warmup_seconds: float = 0.0  # offered at the same rate just before, not measured
     sent: int = 0
     rows: int = 0
     percentiles_ms: dict[str, float] = field(default_factory=dict)  # "p50", "p90", "p99", "p99.9", "max"
@@ -291,7 +292,9 @@ def render(results: Results, targets: Targets) -> str:
         lat = results.latency
         pct = ", ".join(f"{k} {v:.0f} ms" for k, v in lat.percentiles_ms.items())
         lines.append(
-            f"latency at {lat.offered_rate:,.0f} events/s for {lat.seconds:.0f} s ({lat.rows:,}/{lat.sent:,} rows): "
+            f"latency at {lat.offered_rate:,.0f} events/s for {lat.seconds:.0f} s"
+            + (f" after {lat.warmup_seconds:.0f} s of warm-up" if lat.warmup_seconds else "")
+            + f" ({lat.rows:,}/{lat.sent:,} rows): "
             + (pct or "-")
             + (f"  ERROR: {lat.error}" if lat.error else "")
         )
