@@ -14,7 +14,7 @@ class SinkSettings(BaseModel):
     type: str
     enabled: bool = False
     batch_size: int = Field(500, ge=1, le=100_000, description="events per write")
-    linger_ms: int = Field(50, ge=0, le=600_000, description="how long a partial batch waits for more events")
+    linger_ms: int = Field(20, ge=0, le=600_000, description="how long a partial batch waits for more events")
     flush_bandwidth_bytes_per_sec: int | None = Field(
         None, ge=1, description="bandwidth limit of writes (live and retry together); none = unlimited"
     )
