@@ -166,12 +166,14 @@ class BatchProducer:
             headers = record.headers
             if type(headers) is not list:  # aiokafka's record builder takes lists only
                 headers = list(headers)
-            if pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
+            appended = pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
+            if appended is None:
                 pending = self._pending()
                 chain.append(pending)
-                if pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers) is None:
+                appended = pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
+                if appended is None:
                     raise ValueError(f"a record for {record.topic} is larger than a batch may be")
-            last[where] = (pending, pending.builder.record_count() - 1)
+            last[where] = (pending, appended.offset)  # its offset within the batch
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="batch-producer-flush")
         return {where: await pending.done + index for where, (pending, index) in last.items()}

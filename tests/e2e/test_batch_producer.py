@@ -50,7 +50,7 @@ async def test_concurrent_sends_share_flushes_and_land_in_order(kafka_bootstrap:
 
     records = await read_topic(kafka_bootstrap, topic)
     assert len(records) == 1 + sends * per_send
-    by_partition: dict[int, list[bytes]] = {}
+    by_partition: dict[int, list[bytes | None]] = {}
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         by_partition.setdefault(record.partition, []).append(record.value)
     for partition, values in by_partition.items():
