@@ -159,24 +159,30 @@ class BatchProducer:
                 self._spread += 1
                 partition = partition_for(record.key, partitions[record.topic], self._spread)
             where = (record.topic, partition)
-            chain = self._open.get(where)
-            if chain is None:
-                chain = self._open[where] = [self._pending()]
-            pending = chain[-1]
-            headers = record.headers
-            if type(headers) is not list:  # aiokafka's record builder takes lists only
-                headers = list(headers)
-            appended = pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
-            if appended is None:
-                pending = self._pending()
-                chain.append(pending)
-                appended = pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
-                if appended is None:
-                    raise ValueError(f"a record for {record.topic} is larger than a batch may be")
-            last[where] = (pending, appended.offset)  # its offset within the batch
+            last[where] = self._append(where, record)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="batch-producer-flush")
         return {where: await pending.done + index for where, (pending, index) in last.items()}
+
+    def _append(self, where: tuple[str, int], record: Record) -> tuple[_Pending, int]:
+        """Append `record` to the open batch of its partition (a new one when that is full): the batch, and
+        the record's offset within it."""
+        headers = record.headers
+        if type(headers) is not list:  # aiokafka's record builder takes lists only
+            headers = list(headers)
+        chain = self._open.get(where)
+        if chain is None:
+            chain = self._open[where] = []
+        else:
+            appended = chain[-1].builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
+            if appended is not None:
+                return chain[-1], appended.offset
+        pending = self._pending()
+        chain.append(pending)
+        appended = pending.builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
+        if appended is None:
+            raise ValueError(f"a record for {record.topic} is larger than a batch may be")
+        return pending, appended.offset
 
     def _pending(self) -> _Pending:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -188,20 +194,20 @@ class BatchProducer:
         while self._open:
             chains, self._open = self._open, {}
             self.flushes += 1
+            # The first batch of every partition, then the second ones: the first request takes one each.
+            batches = sorted(
+                ((level, where, pending) for where, chain in chains.items() for level, pending in enumerate(chain)),
+                key=lambda batch: batch[0],
+            )
             handed: list[tuple[_Pending, asyncio.Future[Any]]] = []
-            try:
-                # The first batch of every partition, then the second ones: the first request takes one each.
-                for level in range(max(len(chain) for chain in chains.values())):
-                    for (topic, partition), chain in chains.items():
-                        if level < len(chain):
-                            future = await self._producer.send_batch(chain[level].builder, topic, partition=partition)
-                            handed.append((chain[level], future))
-            except Exception as exc:  # every batch not handed over fails with it (its senders raise)
-                sent = {id(pending) for pending, _ in handed}
-                for chain in chains.values():
-                    for pending in chain:
-                        if id(pending) not in sent:
-                            pending.done.set_exception(exc)
+            for n, (_, (topic, partition), pending) in enumerate(batches):
+                try:
+                    future = await self._producer.send_batch(pending.builder, topic, partition=partition)
+                except Exception as exc:  # this batch and every one after it fail (their senders raise)
+                    for _, _, unsent in batches[n:]:
+                        unsent.done.set_exception(exc)
+                    break
+                handed.append((pending, future))
             for pending, future in handed:
                 try:
                     metadata = await future

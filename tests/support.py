@@ -150,6 +150,18 @@ async def produce(bootstrap: str, topic: str, messages: Sequence[Message]) -> No
         await producer.stop()
 
 
+async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1) -> None:
+    """Create plain topics (replication 1) for a test that runs outside the topic catalog."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
+    finally:
+        await admin.close()
+
+
 async def delete_records(bootstrap: str, before: Mapping[TopicPartition, int]) -> None:
     """Delete each partition's records below the given offset, as retention would."""
     from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete

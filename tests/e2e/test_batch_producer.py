@@ -7,22 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.config import KafkaSettings
 from pipeline.produce import BatchProducer, Record
-from tests.support import read_topic
+from tests.support import create_topics, read_topic
 
 PARTITIONS = 3
-
-
-async def make_topic(bootstrap: str, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name=name, num_partitions=PARTITIONS, replication_factor=1)])
-    finally:
-        await admin.close()
 
 
 def producer(bootstrap: str) -> BatchProducer:
@@ -31,7 +21,7 @@ def producer(bootstrap: str) -> BatchProducer:
 
 async def test_concurrent_sends_share_flushes_and_land_in_order(kafka_bootstrap: str, unique_id: str) -> None:
     topic = f"batch-producer-{unique_id}"
-    await make_topic(kafka_bootstrap, topic)
+    await create_topics(kafka_bootstrap, [topic], PARTITIONS)
     sends, per_send = 60, 20
     async with producer(kafka_bootstrap) as out:
         # One record first: the flush it starts is in flight while the 60 sends below queue behind it.
@@ -67,7 +57,7 @@ async def test_concurrent_sends_share_flushes_and_land_in_order(kafka_bootstrap:
 
 async def test_a_failed_hand_over_fails_its_sends(kafka_bootstrap: str, unique_id: str) -> None:
     topic = f"batch-producer-bad-{unique_id}"
-    await make_topic(kafka_bootstrap, topic)
+    await create_topics(kafka_bootstrap, [topic], PARTITIONS)
     async with producer(kafka_bootstrap) as out:
         good = Record(topic, b"k", b"v", [], 1)
         bad = Record(topic, b"k", b"v", [], PARTITIONS + 5)  # no such partition

@@ -11,11 +11,11 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.config import KafkaSettings
 from pipeline.delivery.consumer import open_consumer
 from pipeline.sinks.settings import SinkSettings
+from tests.support import create_topics
 
 
 class _Quiet(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -28,12 +28,7 @@ class _Quiet(ConsumerRebalanceListener):  # type: ignore[misc]
 
 async def test_a_record_behind_a_fetch_of_idle_partitions_waits_little(kafka_bootstrap: str, unique_id: str) -> None:
     busy, idle = f"fw-{unique_id}.sink", f"fw-{unique_id}.sink.retry.1s"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1) for topic in (busy, idle)])
-    finally:
-        await admin.close()
+    await create_topics(kafka_bootstrap, [busy, idle])
     settings = SinkSettings.model_validate({"name": "fw", "type": "http", "enabled": True, "batch_size": 1})
     consumer = open_consumer(
         settings,
