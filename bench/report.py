@@ -60,6 +60,7 @@ class Latency:
     sent: int = 0
     rows: int = 0
     percentiles_ms: dict[str, float] = field(default_factory=dict)  # "p50", "p90", "p99", "p99.9", "max"
+    hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # bench.hops: ingest, dedupe, delivery
     error: str | None = None
 
 
@@ -298,6 +299,8 @@ def render(results: Results, targets: Targets) -> str:
             + (pct or "-")
             + (f"  ERROR: {lat.error}" if lat.error else "")
         )
+        for hop, values in lat.hops_ms.items():
+            lines.append(f"  {hop} hop: " + ", ".join(f"{k} {v:.0f} ms" for k, v in values.items()))
     if results.rss_1m is not None:
         rss = results.rss_1m
         rd = rss.drain

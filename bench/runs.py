@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import profile as profiling
 from bench.events import Backlog, Message, compact, event, make_backlog
+from bench.hops import hop_percentiles
 from bench.measure import Table, assignments, commits_settled, records, rereads, wait_groups_stable, wait_rows
 from bench.procs import Child
 from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout, drained
@@ -31,6 +32,7 @@ SETTLE_SEC = 45.0  # the agents' commits reach the topics' ends (the watchdog re
 POLL_SEC = 0.25
 FIRST_ROW_POLL_SEC = 0.05
 LATENCY_PRIMER = 100
+SINK = "tsdb"  # the one sink a bench worker enables (TSDB_ENABLED in bench.stack.Lane.worker_env)
 
 
 @dataclass
@@ -213,7 +215,7 @@ async def pipeline_work(
     from pipeline.topics import load_topics
 
     catalog = load_topics(settings.topics_path(), settings.topic_vars())
-    by_hash, sink = catalog.by_hash.name, catalog.sink("tsdb").name
+    by_hash, sink = catalog.by_hash.name, catalog.sink(SINK).name
     result.commits_settled = await commits_settled(
         run.stack.bootstrap, lane.app_id, [lane.ingest_topic, by_hash], SETTLE_SEC
     )
@@ -294,7 +296,8 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0)
     try:
         async with asyncio.timeout(run.timeout(warm + total) + warmup + seconds):
             deadline = time.monotonic() + run.timeout(warm + total) + warmup + seconds
-            await prepare(run, lane, pipeline=True)
+            catalog = await pipeline_topics(lane, run.stack, lane.worker_env(run.stack))
+            await create_table(run.stack, lane.table)
             table = await Table.open(run.stack.dsn, lane.table)
             primer = [Message(n % run.partitions, b"primer", compact(event(n))) for n in range(LATENCY_PRIMER)]
             await produce(run.stack, lane.ingest_topic, primer)
@@ -305,6 +308,8 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0)
             values = await table.latencies()
             result.rows = len(values)
             result.percentiles_ms = {k: round(v, 1) for k, v in _percentiles(values).items()}
+            topics = (catalog.by_hash.name, catalog.sink(SINK).name)
+            result.hops_ms = await hop_percentiles(run.stack.bootstrap, run.stack.dsn, lane.table, *topics)
     except (TimeoutError, RuntimeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
