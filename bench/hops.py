@@ -66,7 +66,7 @@ async def hop_percentiles(
 
 def hops_of(rows: list[Any], by_hash: dict[bytes, int], sink: dict[bytes, int]) -> dict[str, dict[str, float]]:
     """The hop percentiles of `rows` (event_hash, sent, row in epoch seconds), whose hashes key both topics'
-    records; a row without both records is left out."""
+    records; a row without both records is left out (and a hop without rows)."""
     spans: dict[str, list[float]] = {hop: [] for hop in HOPS}
     for row in rows:
         key = str(row["event_hash"]).encode()
@@ -76,4 +76,6 @@ def hops_of(rows: list[Any], by_hash: dict[bytes, int], sink: dict[bytes, int]) 
         spans["ingest"].append(first / 1000 - float(row["sent"]))
         spans["dedupe"].append((second - first) / 1000)
         spans["delivery"].append(float(row["row"]) - second / 1000)
-    return {hop: {k: round(v, 1) for k, v in latency_percentiles(values).items()} for hop, values in spans.items()}
+    return {
+        hop: {k: round(v, 1) for k, v in latency_percentiles(values).items()} for hop, values in spans.items() if values
+    }
