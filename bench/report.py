@@ -61,6 +61,7 @@ class Latency:
     rows: int = 0
     percentiles_ms: dict[str, float] = field(default_factory=dict)  # "p50", "p90", "p99", "p99.9", "max"
     hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # bench.hops: ingest, dedupe, delivery
+    cpu_s_per_1000: float | None = None  # the worker's CPU seconds per 1,000 events offered, warm-up included
     error: str | None = None
 
 
@@ -297,6 +298,7 @@ def render(results: Results, targets: Targets) -> str:
             + (f" after {lat.warmup_seconds:.0f} s of warm-up" if lat.warmup_seconds else "")
             + f" ({lat.rows:,}/{lat.sent:,} rows): "
             + (pct or "-")
+            + (f"; worker CPU {lat.cpu_s_per_1000:.3f} s per 1,000 events" if lat.cpu_s_per_1000 is not None else "")
             + (f"  ERROR: {lat.error}" if lat.error else "")
         )
         for hop, values in lat.hops_ms.items():

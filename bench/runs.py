@@ -303,8 +303,12 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0)
             await produce(run.stack, lane.ingest_topic, primer)
             child.start()
             await wait_rows(table, LATENCY_PRIMER, deadline=deadline, alive=child.exit_problem)
+            cpu_before = child.cpu_seconds()
             result.sent = await offer(run, lane, rate, warm + total, first=1_000_000, measured_from=warm) - warm
             await wait_rows(table, LATENCY_PRIMER + warm + total, deadline=deadline, alive=child.exit_problem)
+            cpu_after = child.cpu_seconds()
+            if cpu_before is not None and cpu_after is not None:
+                result.cpu_s_per_1000 = round((cpu_after - cpu_before) / (warm + total) * 1000, 4)
             values = await table.latencies()
             result.rows = len(values)
             result.percentiles_ms = {k: round(v, 1) for k, v in _percentiles(values).items()}
