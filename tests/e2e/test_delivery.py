@@ -89,7 +89,9 @@ async def test_sigkill_mid_stream_then_restart_with_an_empty_store(stack: Stack)
     await apply_topics(stack)
     stream = make_stream(UNIQUE, DUPLICATES, stack.partitions, seed=11)
     await produce(stack.bootstrap, stack.ingest_topic, stream.messages)
-    first = stack.worker("first")
+    # Its writes are held to 1,000 events/s, so that the kill falls mid-stream however fast the host (an
+    # unthrottled worker could write all 7,000 rows between two polls).
+    first = stack.worker("first", TSDB_MAX_EVENTS_PER_SEC="1000")
     rows_at_kill = await poll(
         lambda: count_rows(stack.dsn, stack.table), lambda n: n >= 1500, timeout=120, what="first rows"
     )
