@@ -13,6 +13,7 @@ from mode import CrashingSupervisor
 
 from pipeline.config import Settings
 from pipeline.limits import producer_request_bytes
+from pipeline.produce import BatchProducer
 from pipeline.topics import TopicCatalog, TopicSpec
 
 log = structlog.get_logger("pipeline.worker")
@@ -27,11 +28,14 @@ RAW: dict[str, Any] = {
 
 @dataclass
 class Pipeline:
-    """What the agents share: the app, the settings, and a Faust topic per declared topic."""
+    """What the agents share: the app, the settings, a Faust topic per declared topic, and the producer of
+    the ingest and dedupe agents (one producer: their records share requests, half the produce requests of
+    one each)."""
 
     app: faust.App
     settings: Settings
     catalog: TopicCatalog
+    producer: BatchProducer
     topics: dict[str, TopicT] = field(default_factory=dict)
 
     def topic(self, spec: TopicSpec) -> TopicT:
@@ -84,7 +88,12 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
     # Our commit rule (never past an offset no agent acked): see agents/consumer.py.
     transport: Any = app.transport
     transport.Consumer = GaplessConsumer
-    pipeline = Pipeline(app=app, settings=settings, catalog=catalog)
+    producer = BatchProducer(
+        settings.kafka,
+        client_id=f"{settings.kafka.client_id}-agents",
+        max_request_size=producer_request_bytes(catalog),
+    )
+    pipeline = Pipeline(app=app, settings=settings, catalog=catalog, producer=producer)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _log_assignment(sender: Any, assigned: set[Any], **_: Any) -> None:

@@ -33,7 +33,6 @@ from pipeline.dedupe import Decision, Seen, decide, is_expired
 from pipeline.events import Rejection
 from pipeline.expiry_index import ExpiryIndex
 from pipeline.ingest import Origin, dead_letter
-from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
 from pipeline.produce import BatchProducer, Record
 
@@ -51,7 +50,6 @@ def register(pipeline: Pipeline) -> None:
         for spec in (catalog.sink(sink.name) for sink in settings.enabled_sinks())
     ]
     dlq = catalog.ingest_dlq.name
-    max_record_bytes = producer_request_bytes(catalog)
     table = app.Table(
         "dedupe",
         default=None,
@@ -78,9 +76,7 @@ def register(pipeline: Pipeline) -> None:
     refile = asyncio.Event()  # set after an assignment: file the entries restored from the changelog
 
     async def dedupe(stream: StreamT[Any]) -> None:
-        producer = BatchProducer(
-            settings.kafka, client_id=f"{settings.kafka.client_id}-dedupe", max_request_size=max_record_bytes
-        )
+        producer = pipeline.producer
         store = TableStore(table)
         async with producer, Pipelined(stream) as pipe:
             async for group in pipe.groups():

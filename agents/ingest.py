@@ -18,7 +18,7 @@ from agents.consumer import Pipelined
 from pipeline.ingest import Origin, route
 from pipeline.limits import producer_request_bytes
 from pipeline.observability import metrics
-from pipeline.produce import BatchProducer, Record
+from pipeline.produce import Record
 
 log = structlog.get_logger("pipeline.ingest")
 
@@ -30,9 +30,7 @@ def register(pipeline: Pipeline) -> None:
     max_record_bytes = producer_request_bytes(catalog)
 
     async def ingest(stream: StreamT[Any]) -> None:
-        producer = BatchProducer(
-            settings.kafka, client_id=f"{settings.kafka.client_id}-ingest", max_request_size=max_record_bytes
-        )
+        producer = pipeline.producer
         async with producer, Pipelined(stream) as pipe:
             async for group in pipe.groups():
                 out: list[Record] = []

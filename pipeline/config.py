@@ -69,6 +69,13 @@ class KafkaSettings(BaseModel):
         10_000, ge=6_000, le=1_800_000, description="a dead worker's partitions move after this (6 s to 30 min)"
     )
     heartbeat_interval_ms: int = Field(3_000, ge=100, le=600_000, description="below session_timeout_ms")
+    produce_flush_interval_ms: int = Field(
+        20,
+        ge=0,
+        le=1_000,
+        description="least time between two flushes of the ingest and dedupe producer: under load the records "
+        "of one interval share a request; a record that finds the producer idle goes at once",
+    )
     topic_partitions: int | None = Field(None, ge=1, description="overrides topics.yaml defaults.partitions")
     replication_factor: int | None = Field(None, ge=1, description="overrides defaults.replication_factor")
 

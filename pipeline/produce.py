@@ -105,38 +105,61 @@ class BatchProducer:
 
     `send` appends its records to the open batch of each partition and waits for those batches' acks. A flush
     hands every open batch to aiokafka at once (one produce request per broker) and waits for their acks;
-    whatever is sent meanwhile joins the next flush. A record is sent at once when nothing is in flight,
-    and under load the batches grow with the load: the batching adapts without a linger (aiokafka sends one
-    request per broker at a time anyway, so a batch that waited behind it loses nothing)."""
+    whatever is sent meanwhile joins the next flush. Two flushes start at least `flush_interval` apart
+    (`KafkaSettings.produce_flush_interval_ms`, 20 ms): a record that finds the producer idle goes at once,
+    and under load the batches grow with the load instead of a linger holding every record. Bounding the
+    flushes matters downstream too: each one wakes the consumers of the topics it writes, so one flush per
+    ack round trip meant hundreds of tiny fetches and agent rounds a second (at 6,000 events/s, 20 ms
+    took the worker's produce requests from 376 to 48 a second, its CPU per event down 10-14%, and p99
+    latency from 350 to 200 ms).
 
-    def __init__(self, kafka: KafkaSettings, *, client_id: str, max_request_size: int, **overrides: Any) -> None:
-        self._producer = acked_producer(
-            kafka,
-            client_id=client_id,
-            max_request_size=max_request_size,
-            **{"max_batch_size": MAX_BATCH_BYTES, "linger_ms": 0, **overrides},
-        )
+    Several users can share one (the ingest and dedupe agents do: their records then share requests): the
+    first `async with` starts it, the last one out stops it."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        client_id: str,
+        max_request_size: int,
+        flush_interval: float | None = None,
+        **overrides: Any,
+    ) -> None:
+        # aiokafka's producer belongs to the running loop: it is built on the first `async with`.
+        self._options: dict[str, Any] = {"max_batch_size": MAX_BATCH_BYTES, "linger_ms": 0, **overrides}
+        self._options.update(client_id=client_id, max_request_size=max_request_size)
+        self._kafka = kafka
+        self._producer: AIOKafkaProducer
         self._partitions: dict[str, int] = {}
         self._spread = 0
         self._open: dict[tuple[str, int], list[_Pending]] = {}  # per partition: full batches, then the open one
         self._flusher: asyncio.Task[None] | None = None
         self.flushes = 0  # flushes handed to aiokafka (what the coalescing saves shows against the sends)
-
-    async def start(self) -> None:
-        await self._producer.start()
-
-    async def stop(self) -> None:
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await self._flusher
-        await self._producer.stop()
+        # The least time between the starts of two flushes (KafkaSettings.produce_flush_interval_ms): under
+        # load the flushes, and downstream the fetches and agent rounds they cause, are bounded to one per
+        # interval instead of one per ack round trip.
+        self._interval = kafka.produce_flush_interval_ms / 1000 if flush_interval is None else flush_interval
+        self._next_flush = 0.0  # loop time from which the next flush may start
+        self._users = 0
+        self._lifecycle = asyncio.Lock()
 
     async def __aenter__(self) -> BatchProducer:
-        await self.start()
+        async with self._lifecycle:
+            if self._users == 0:
+                self._producer = acked_producer(self._kafka, **self._options)
+                await self._producer.start()
+            self._users += 1
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        async with self._lifecycle:
+            self._users -= 1
+            if self._users:
+                return
+            if self._flusher is not None:
+                with contextlib.suppress(Exception):
+                    await self._flusher
+            await self._producer.stop()
 
     async def partitions(self, topic: str) -> int:
         count = self._partitions.get(topic)
@@ -190,8 +213,14 @@ class BatchProducer:
         return _Pending(self._producer.create_batch(), done)
 
     async def _flush(self) -> None:
-        """Hand over every open batch, wait for their acks, and again while sends queued more meanwhile."""
+        """Hand over every open batch, wait for their acks, and again while sends queued more meanwhile; a
+        flush starts at least `flush_interval` after the one before it."""
+        loop = asyncio.get_running_loop()
         while self._open:
+            wait = self._next_flush - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next_flush = loop.time() + self._interval
             chains, self._open = self._open, {}
             self.flushes += 1
             # The first batch of every partition, then the second ones: the first request takes one each.

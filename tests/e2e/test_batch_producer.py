@@ -1,13 +1,17 @@
 """pipeline.produce.BatchProducer on the real broker: sends made while a flush is in flight share the next
 flush, every record lands once and in order per partition, each send learns the offset of its own last
-record per partition, and a failed hand-over fails the sends in it instead of leaving them waiting."""
+record per partition, a failed hand-over fails the sends in it instead of leaving them waiting, two flushes
+start at least the flush interval apart while a record after idle goes at once, and one producer shared by
+several users starts with the first and stops with the last."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
+import pipeline.produce
 from pipeline.config import KafkaSettings
 from pipeline.produce import BatchProducer, Record
 from tests.support import create_topics, read_topic
@@ -15,8 +19,9 @@ from tests.support import create_topics, read_topic
 PARTITIONS = 3
 
 
-def producer(bootstrap: str) -> BatchProducer:
-    return BatchProducer(KafkaSettings(bootstrap_servers=bootstrap), client_id="test-batch", max_request_size=1 << 20)
+def producer(bootstrap: str, **settings: Any) -> BatchProducer:
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, **settings)
+    return BatchProducer(kafka, client_id="test-batch", max_request_size=1 << 20)
 
 
 async def test_concurrent_sends_share_flushes_and_land_in_order(kafka_bootstrap: str, unique_id: str) -> None:
@@ -67,3 +72,59 @@ async def test_a_failed_hand_over_fails_its_sends(kafka_bootstrap: str, unique_i
         # The producer goes on: a later send is written.
         written = await asyncio.wait_for(out.send([good]), timeout=30)
     assert set(written) == {(topic, 1)}
+
+
+async def test_flushes_start_an_interval_apart_and_a_record_after_idle_goes_at_once(
+    kafka_bootstrap: str, unique_id: str
+) -> None:
+    topic = f"batch-producer-interval-{unique_id}"
+    await create_topics(kafka_bootstrap, [topic], PARTITIONS)
+    interval = 1.0  # far above a local ack, so neither bound below depends on the host's speed
+    loop = asyncio.get_running_loop()
+    async with producer(kafka_bootstrap, produce_flush_interval_ms=int(interval * 1000)) as out:
+        await out.partitions(topic)  # metadata first: the sends below time flushes only
+        started = loop.time()
+        await out.send([Record(topic, b"k", b"first", [], 0)])
+        first = loop.time() - started
+        await out.send([Record(topic, b"k", b"second", [], 0)])  # the producer is idle, but the interval is not over
+        second = loop.time() - started
+    assert first < interval / 2, f"the first record after idle waited {first:.3f}s"
+    assert second >= interval * 0.99, f"the second flush started {second:.3f}s after the first, under {interval}s"
+    assert [r.value for r in await read_topic(kafka_bootstrap, topic)] == [b"first", b"second"]
+
+
+async def test_one_producer_shared_by_two_users_starts_once_and_stops_with_the_last(
+    kafka_bootstrap: str, unique_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = f"batch-producer-shared-{unique_id}"
+    await create_topics(kafka_bootstrap, [topic], PARTITIONS)
+    built: list[Any] = []
+    build = pipeline.produce.acked_producer
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(pipeline.produce, "acked_producer", counting)
+    shared = producer(kafka_bootstrap)
+    first_in = asyncio.Event()
+    first_out = asyncio.Event()
+
+    async def user(name: bytes, *, leaves_first: bool) -> None:
+        async with shared:
+            if leaves_first:
+                first_in.set()
+            else:
+                await first_in.wait()
+            await shared.send([Record(topic, name, name + b"-1", [], 0)])
+            if not leaves_first:
+                await first_out.wait()  # the other user has left: this one still sends
+                await shared.send([Record(topic, name, name + b"-2", [], 0)])
+        if leaves_first:
+            first_out.set()
+
+    await asyncio.wait_for(asyncio.gather(user(b"a", leaves_first=True), user(b"b", leaves_first=False)), 60)
+    assert len(built) == 1, f"{len(built)} aiokafka producers for one shared BatchProducer"
+    assert built[0]._closed, "the last user out did not stop the producer"
+    values = sorted(r.value or b"" for r in await read_topic(kafka_bootstrap, topic))
+    assert values == [b"a-1", b"b-1", b"b-2"]
