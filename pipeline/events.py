@@ -307,6 +307,8 @@ def _long_numbers_exact(raw: bytes, shapes: bytes, parsed: set[str]) -> bool:
     for run in _long_numbers(raw, shapes):
         literal = run.decode()
         kind = "f" if any(c in literal for c in ".eE") else "i"
+        if kind + literal in parsed:  # already canonical (what serialisers write): canonical_number is idempotent
+            continue
         try:
             if kind + canonical_number(literal) not in parsed:
                 return False

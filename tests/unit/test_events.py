@@ -264,6 +264,13 @@ def test_float_text_is_the_canonical_spelling_of_repr(value: float) -> None:
     assert events.float_text(value) == events.canonical_number(repr(value))
 
 
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.integers())
+def test_canonical_number_leaves_a_canonical_spelling_as_it_is(value: float | int) -> None:
+    # The plain path takes a long number that spells a parsed number's canonical text without respelling it.
+    text = events.canonical_number(repr(value))
+    assert events.canonical_number(text) == text
+
+
 def test_ordinary_events_take_the_plain_path() -> None:
     for raw in (
         json.dumps(BASE).encode(),
