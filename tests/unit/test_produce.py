@@ -9,7 +9,7 @@ from aiokafka.partitioner import murmur2 as reference
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.produce import murmur2, partition_for
+from pipeline.produce import VECTOR_MIN_KEYS, murmur2, murmur2_many, partition_for
 
 
 @given(st.binary(max_size=300))
@@ -24,3 +24,16 @@ def test_the_partition_of_an_event_hash_is_the_default_partitioners() -> None:
             assert partition_for(key, partitions) == (reference(key) & 0x7FFFFFFF) % partitions
     assert murmur2(b"") == reference(b"")
     assert partition_for(None, 6, fallback=7) == 1
+
+
+@given(st.lists(st.binary(max_size=80), max_size=40), st.integers(0, 67), st.integers(0, 60))
+def test_murmur2_many_is_murmur2_of_each_key(mixed: list[bytes], length: int, same: int) -> None:
+    # Keys of one length (hashed as columns once there are VECTOR_MIN_KEYS of them), mixed with any others.
+    keys = [(hashlib.sha512(str(n).encode()).digest() * 2)[:length] for n in range(same)] + mixed
+    assert murmur2_many(keys) == [reference(key) for key in keys]
+
+
+def test_murmur2_many_takes_the_column_path_for_event_hashes() -> None:
+    keys = [hashlib.sha256(str(n).encode()).hexdigest().encode() for n in range(VECTOR_MIN_KEYS * 10)]
+    assert murmur2_many(keys) == [reference(key) for key in keys]
+    assert murmur2_many(keys[: VECTOR_MIN_KEYS - 1]) == [reference(key) for key in keys[: VECTOR_MIN_KEYS - 1]]
