@@ -24,6 +24,7 @@ from pipeline.config import load_settings
 from pipeline.events import parse_event
 from pipeline.produce import partition_for
 from pipeline.publisher import Publisher
+from pipeline.topics import TopicCatalog
 from tests.faults import FaultProxy, through
 
 # The reliability machinery switched off: no breaker, no retry tiers (max_retries 0: failures go to the DLQ).
@@ -84,12 +85,13 @@ def naive_faust(run: Run, lane: Lane) -> Child:
     return Child(lane.name, python("-m", "bench.naive_faust"), child_env(env), lane.dir / "naive.log", lane.dir)
 
 
-async def prepare(run: Run, lane: Lane, *, pipeline: bool, env: dict[str, str] | None = None) -> None:
+async def prepare(run: Run, lane: Lane, *, pipeline: bool, env: dict[str, str] | None = None) -> TopicCatalog | None:
+    """The lane's table and topics; for a pipeline lane, its topic catalog."""
     await create_table(run.stack, lane.table)
     if pipeline:
-        await pipeline_topics(lane, run.stack, env or lane.worker_env(run.stack))
-    else:
-        await create_topic(run.stack, lane.ingest_topic, run.partitions)
+        return await pipeline_topics(lane, run.stack, env or lane.worker_env(run.stack))
+    await create_topic(run.stack, lane.ingest_topic, run.partitions)
+    return None
 
 
 async def observe(children: Child | Sequence[Child], table: Table, result: Drain, want: int, deadline: float) -> None:
@@ -296,8 +298,8 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0)
     try:
         async with asyncio.timeout(run.timeout(warm + total) + warmup + seconds):
             deadline = time.monotonic() + run.timeout(warm + total) + warmup + seconds
-            catalog = await pipeline_topics(lane, run.stack, lane.worker_env(run.stack))
-            await create_table(run.stack, lane.table)
+            catalog = await prepare(run, lane, pipeline=True)
+            assert catalog is not None
             table = await Table.open(run.stack.dsn, lane.table)
             primer = [Message(n % run.partitions, b"primer", compact(event(n))) for n in range(LATENCY_PRIMER)]
             await produce(run.stack, lane.ingest_topic, primer)

@@ -127,7 +127,8 @@ def _murmur2_columns(keys: Sequence[bytes], length: int) -> list[int]:
     h ^= h >> 13
     h *= m
     h ^= h >> 15
-    return [int(value) for value in h.tolist()]
+    hashes: list[int] = h.tolist()  # Python ints
+    return hashes
 
 
 def acked_producer(
@@ -164,8 +165,8 @@ class BatchProducer:
 
     `send` appends its records to the open batch of each partition and waits for those batches' acks. A flush
     hands every open batch to aiokafka at once (one produce request per broker) and waits for their acks;
-    whatever is sent meanwhile joins the next flush. Two flushes start at least `flush_interval` apart
-    (`KafkaSettings.produce_flush_interval_ms`, 20 ms): a record that finds the producer idle goes at once,
+    whatever is sent meanwhile joins the next flush. Two flushes start at least
+    `KafkaSettings.produce_flush_interval_ms` apart (20 ms): a record that finds the producer idle goes at once,
     and under load the batches grow with the load instead of a linger holding every record. Bounding the
     flushes matters downstream too: each one wakes the consumers of the topics it writes, so one flush per
     ack round trip meant hundreds of tiny fetches and agent rounds a second (at 6,000 events/s, 20 ms
@@ -181,7 +182,6 @@ class BatchProducer:
         *,
         client_id: str,
         max_request_size: int,
-        flush_interval: float | None = None,
         **overrides: Any,
     ) -> None:
         # aiokafka's producer belongs to the running loop: it is built on the first `async with`.
@@ -197,7 +197,7 @@ class BatchProducer:
         # The least time between the starts of two flushes (KafkaSettings.produce_flush_interval_ms): under
         # load the flushes, and downstream the fetches and agent rounds they cause, are bounded to one per
         # interval instead of one per ack round trip.
-        self._interval = kafka.produce_flush_interval_ms / 1000 if flush_interval is None else flush_interval
+        self._interval = kafka.produce_flush_interval_ms / 1000
         self._next_flush = 0.0  # loop time from which the next flush may start
         self._users = 0
         self._lifecycle = asyncio.Lock()
@@ -277,7 +277,7 @@ class BatchProducer:
 
     async def _flush(self) -> None:
         """Hand over every open batch, wait for their acks, and again while sends queued more meanwhile; a
-        flush starts at least `flush_interval` after the one before it."""
+        flush starts at least the flush interval after the one before it."""
         loop = asyncio.get_running_loop()
         while self._open:
             wait = self._next_flush - loop.time()
