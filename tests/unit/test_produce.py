@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from aiokafka.partitioner import murmur2 as reference
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline import produce
 from pipeline.produce import VECTOR_MIN_KEYS, murmur2, murmur2_many, partition_for
 
 
@@ -33,7 +35,17 @@ def test_murmur2_many_is_murmur2_of_each_key(mixed: list[bytes], length: int, sa
     assert murmur2_many(keys) == [reference(key) for key in keys]
 
 
-def test_murmur2_many_takes_the_column_path_for_event_hashes() -> None:
+def test_murmur2_many_takes_the_column_path_for_event_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    columns = produce._murmur2_columns
+    calls: list[int] = []
+
+    def counted(keys: list[bytes], length: int) -> list[int]:
+        calls.append(len(keys))
+        return columns(keys, length)
+
+    monkeypatch.setattr(produce, "_murmur2_columns", counted)
     keys = [hashlib.sha256(str(n).encode()).hexdigest().encode() for n in range(VECTOR_MIN_KEYS * 10)]
     assert murmur2_many(keys) == [reference(key) for key in keys]
+    assert calls == [len(keys)], "event hashes of one length were not hashed as columns"
     assert murmur2_many(keys[: VECTOR_MIN_KEYS - 1]) == [reference(key) for key in keys[: VECTOR_MIN_KEYS - 1]]
+    assert calls == [len(keys)], "fewer than VECTOR_MIN_KEYS keys should take the scalar murmur2"
