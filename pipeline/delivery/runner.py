@@ -249,7 +249,18 @@ class SinkRunner:
                     if held_from is not None:
                         fetched[:] = [i for i in fetched if i.tp != tp or i.offset < held_from]
             if deadline is None and fetched:
-                deadline = time.monotonic() + self.settings.linger_ms / 1000
+                deadline = time.monotonic() + self._linger_left(fetched)
+
+    def _linger_left(self, fetched: list[Item]) -> float:
+        """How long a partial round may still wait for more events. The linger counts from the oldest fetched
+        event's Kafka timestamp, as a producer's linger counts from its batch's first record: events that
+        arrived while the previous round was writing have waited already, and a round that waits for more
+        after them only adds to every event's latency (under load rounds would follow the write time plus a
+        full linger each). Never longer than the linger (a producer's clock ahead of this host's)."""
+        linger = self.settings.linger_ms / 1000
+        oldest_ms: int = min(item.record.timestamp for item in fetched)
+        waited = self.clock() - oldest_ms / 1000
+        return min(linger, max(0.0, linger - waited))
 
     def _fetched(self, data: Fetched) -> None:
         for tp, records in data.items():

@@ -52,12 +52,16 @@ class Log:
     """Topic partitions and their records, shared by the fake consumer and the fake producer."""
 
     records: dict[TopicPartition, list[Record]] = field(default_factory=dict)
+    clock: Callable[[], float] | None = None  # stamps each record (CreateTime, ms); None: timestamp 0
 
     def append(
         self, tp: TopicPartition, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> Record:
         part = self.records.setdefault(tp, [])
-        record: Record = ConsumerRecord(tp.topic, tp.partition, len(part), 0, 0, key, value, None, 0, 0, tuple(headers))
+        stamp = int(self.clock() * 1000) if self.clock is not None else 0
+        record: Record = ConsumerRecord(
+            tp.topic, tp.partition, len(part), stamp, 0, key, value, None, 0, 0, tuple(headers)
+        )
         part.append(record)
         return record
 
@@ -268,7 +272,7 @@ def rig(
         TopicVars(ingest_topic="in", app_id="t", sinks=(SinkTopicVars("fake", tiers),), partitions=partitions),
     )
     clock = Clock()
-    log = Log()
+    log = Log(clock=clock)
     breaker = CircuitBreaker("fake", config.circuit_breaker, clock=clock)
     sink = FakeSink(config, sink_faults, delay=sink_delay)
     producer = FakeProducer(log, producer_faults)

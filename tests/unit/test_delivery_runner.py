@@ -127,6 +127,43 @@ async def test_a_fetch_error_on_the_second_poll_of_a_round_rewinds_the_first() -
     assert r.consumer.commits[tp] == 3 and len(set(r.sink.written)) == 3
 
 
+def counting(calls: Counter[str]) -> Faults:
+    def count(call: str) -> BaseException | None:
+        calls[call] += 1
+        return None
+
+    return count
+
+
+async def test_the_linger_counts_from_the_oldest_fetched_event() -> None:
+    """Events that waited a linger already (they arrived while the round before was writing) are written at
+    once; events younger than the linger wait only what is left of it, and never more than the linger. (The
+    fake consumer's poll for more returns at once and moves the fake clock by its timeout: the wait.)"""
+    calls = Counter[str]()
+    r = rig(partitions=1, consumer_faults=counting(calls), batch_size=10, linger_ms=400)
+    tp = TopicPartition(r.main, 0)
+
+    async def round_wait() -> float:
+        before = r.clock.now
+        await r.runner.step()
+        return r.clock.now - before
+
+    fill(r, 2, partitions=1)
+    r.clock.now += 1.0  # waited longer than the linger
+    assert await round_wait() == 0.0
+    assert len(r.sink.written) == 2 and calls["getmany"] == 1, "a round of old events polled for more"
+
+    r.log.append(tp, *event(2), [])
+    r.clock.now += 0.25  # 150 ms of the linger left
+    assert await round_wait() == pytest.approx(0.15, abs=0.01)
+    assert len(r.sink.written) == 3
+
+    r.log.append(tp, *event(3), [])
+    r.clock.now -= 60.0  # the producer's clock a minute ahead of this host's: the whole linger, no more
+    assert await round_wait() == pytest.approx(0.4, abs=0.01)
+    assert len(r.sink.written) == 4
+
+
 async def test_a_bug_in_the_sink_or_the_commit_does_not_skip_events() -> None:
     calls = Counter[str]()
 
