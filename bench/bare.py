@@ -19,9 +19,10 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from pipeline.sinks.postgres.sink import BATCH_TABLE, PLAIN_KEY, insert_sql, quote_ident
+from pipeline.sinks.postgres.sink import PLAIN_KEY, insert_sql, quote_ident
 
 MAX_RECORDS = 5000
+BATCH_TABLE = "bare_batch"  # the bare loop: COPY into a temp table, then INSERT ... ON CONFLICT
 
 
 async def run(bootstrap: str, topic: str, group: str, dsn: str, table: str) -> None:
@@ -33,7 +34,8 @@ async def run(bootstrap: str, topic: str, group: str, dsn: str, table: str) -> N
     await conn.execute(
         f"CREATE TEMP TABLE {BATCH_TABLE} (event_hash text NOT NULL, body text NOT NULL) ON COMMIT DELETE ROWS"
     )
-    insert = insert_sql(quote_ident(table), PLAIN_KEY)
+    batch = f"SELECT event_hash, body::jsonb AS b FROM pg_temp.{BATCH_TABLE}"
+    insert = insert_sql(quote_ident(table), PLAIN_KEY, batch)
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,

@@ -34,6 +34,7 @@ from pipeline.sinks.postgres.config import PostgresSinkSettings
 from pipeline.sinks.postgres.sink import PostgresSink, TableFacts, classify, plan_table
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event, make_stream
+from tests.faults import FaultProxy, through
 from tests.support import WorkerProcess, count_rows, fetch, poll, produce, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -449,16 +450,21 @@ async def test_statement_timeout_is_a_sink_timeout_and_the_connection_survives(
 
 
 async def test_client_side_deadline_is_a_sink_timeout(postgres_dsn: str, unique_id: str, sinks: Any) -> None:
-    """A server that does not answer (here: a statement that outlives the client's limit) -> SinkTimeout."""
-    table = f"events_{unique_id}"
-    sink = await sinks(settings(table, postgres_dsn, timeout_ms=1000))
-    sink._begin = "BEGIN; SET LOCAL statement_timeout = 0; SELECT pg_sleep(3)"  # no server-side limit
-    started = time.monotonic()
-    with pytest.raises(SinkTimeout):
-        await sink.write(records(0, 5))
-    assert time.monotonic() - started < 1.5
-    sink._begin = f"BEGIN; SET LOCAL statement_timeout = {sink.statement_timeout_ms}"
-    assert await sink.write(records(0, 5)) == 5
+    """A server that does not answer in time (the link holds every packet for 3 s, so neither the write nor the
+    server's own statement timeout gets through) -> SinkTimeout at the client's limit; once the link is back the
+    next write goes through."""
+    proxy = await FaultProxy.before(postgres_dsn).start()
+    try:
+        sink = await sinks(settings(f"events_{unique_id}", through(postgres_dsn, proxy), timeout_ms=1000))
+        proxy.set("slow", delay=3.0)
+        started = time.monotonic()
+        with pytest.raises(SinkTimeout):
+            await sink.write(records(0, 5))
+        assert time.monotonic() - started < 1.5
+        proxy.set("pass")
+        assert await sink.write(records(5, 5)) == 5
+    finally:
+        await proxy.stop()
 
 
 async def test_terminated_backend_is_retryable_and_the_retry_writes_everything(

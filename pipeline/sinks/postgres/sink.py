@@ -15,19 +15,17 @@ with the same key but different timestamps are two rows in a hypertable (a plain
 Such pairs are caught by the pipeline's dedupe stage within its idempotency window; the database key then
 only guards redelivery of the same event, which is all the sink needs to be idempotent.
 
-Writing. One batch is one transaction on one pooled connection:
+Writing. One batch is one statement (so one transaction and one round trip) on one pooled connection, the
+batch bound as two parallel text arrays:
 
-    BEGIN; SET LOCAL statement_timeout = <90% of timeout_ms>
-    COPY pg_temp.pipeline_batch (event_hash, body) FROM STDIN (FORMAT binary)
-    WITH batch AS MATERIALIZED (SELECT event_hash, body::jsonb AS b FROM pg_temp.pipeline_batch)
+    WITH batch AS MATERIALIZED (SELECT h AS event_hash, t::jsonb AS b FROM unnest($1::text[], $2::text[]) AS u(h, t))
     INSERT INTO <table> (...) SELECT ... FROM batch ON CONFLICT (<key>) DO NOTHING
-    COMMIT
 
-The temp table is created once per connection (ON COMMIT DELETE ROWS empties it at every commit, and a
-rollback discards the rows too). Bodies go up as text and are cast to jsonb by the server, so numbers stay
-exact (they are never decoded into Python floats). The whole write is also bounded by timeout_ms on the
-client side (a stalled network, not only a slow statement). A session-mode connection pooler works; a
-transaction-mode one (pgbouncer pool_mode=transaction) does not, because of the per-connection temp table.
+The pool's connections carry statement_timeout = 90% of timeout_ms as a session setting, so the server
+cancels a slow write cleanly before the client-side limit fires. Bodies go up as text and are cast to jsonb
+by the server, so numbers stay exact (they are never decoded into Python floats). The whole write is also
+bounded by timeout_ms on the client side (a stalled network, not only a slow statement). A session-mode
+connection pooler works.
 
 Errors map onto the sink error tree (see `classify`); no message carries the DSN or the password.
 """
@@ -36,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,12 +60,10 @@ from pipeline.sinks.postgres.config import PostgresSinkSettings
 
 log = structlog.get_logger(__name__)
 
-BATCH_TABLE = "pipeline_batch"
 # Columns the sink writes; every existing table must have them (ingested_at has a default).
 WRITTEN_COLUMNS = ("time", "event_hash", "event_id", "source", "type", "labels", "payload")
 PLAIN_KEY: tuple[str, ...] = ("event_hash",)
 HYPERTABLE_KEY: tuple[str, ...] = ("event_hash", "time")
-ROLLBACK_TIMEOUT_S = 5.0
 
 TableKind = Literal["hypertable", "plain table"]
 
@@ -246,13 +242,20 @@ def conflict_key(facts: TableFacts, shown: str) -> tuple[str, ...]:
     )
 
 
-def insert_sql(qualified: str, key: Sequence[str]) -> str:
+# The batch as two parallel arrays, bound as parameters of the one statement: a write is one round trip (a
+# temp table filled by COPY took four: BEGIN, COPY, INSERT, COMMIT; 25-30% slower for 200-500 events).
+ARRAY_BATCH = "SELECT h AS event_hash, t::jsonb AS b FROM unnest($1::text[], $2::text[]) AS u(h, t)"
+
+
+def insert_sql(qualified: str, key: Sequence[str], batch: str = ARRAY_BATCH) -> str:
+    """The write: every row of `batch` (a query of `event_hash` and the body as jsonb `b`) that is not in the
+    table yet, by `key`."""
     columns = ", ".join(WRITTEN_COLUMNS)
     target = ", ".join(quote_ident(c) for c in key)
     # MATERIALIZED: the planner would otherwise inline body::jsonb into each of the six expressions that
     # read it and parse every body six times.
     return (
-        f"WITH batch AS MATERIALIZED (SELECT event_hash, body::jsonb AS b FROM pg_temp.{BATCH_TABLE}) "
+        f"WITH batch AS MATERIALIZED ({batch}) "
         f"INSERT INTO {qualified} ({columns}) "
         "SELECT (b->>'timestamp')::timestamptz, event_hash, b->>'id', b->>'source', b->>'type', "
         "coalesce(b->'labels', '{}'::jsonb), b->'payload' FROM batch "
@@ -280,7 +283,6 @@ class PostgresSink(Sink):
         # The server cancels a slow statement (cleanly: the connection stays usable) a little before the
         # client-side limit on the whole write fires.
         self.statement_timeout_ms = max(1, timeout_ms * 9 // 10)
-        self._begin = f"BEGIN; SET LOCAL statement_timeout = {self.statement_timeout_ms}"
 
     @property
     def timeout(self) -> float:
@@ -352,12 +354,6 @@ class PostgresSink(Sink):
             "database": s.database,
         }
 
-    async def _init_connection(self, conn: Any) -> None:
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {BATCH_TABLE} (event_hash text NOT NULL, body text NOT NULL) "
-            "ON COMMIT DELETE ROWS"
-        )
-
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -375,8 +371,11 @@ class PostgresSink(Sink):
                 max_size=self.settings.pool_max_size,
                 command_timeout=self.timeout,
                 timeout=self.timeout,
-                init=self._init_connection,
-                server_settings={"application_name": f"pipeline-{self.name}"[:63]},
+                # A session default, so that a write is one statement (RESET ALL on release keeps it).
+                server_settings={
+                    "application_name": f"pipeline-{self.name}"[:63],
+                    "statement_timeout": str(self.statement_timeout_ms),
+                },
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._table)
@@ -412,31 +411,25 @@ class PostgresSink(Sink):
         if pool is None:
             raise SinkUnavailable(f"sink {self.name} is not open")
         try:
-            rows = [(r.event_hash, r.body.decode("utf-8")) for r in batch]
+            bodies = [r.body.decode("utf-8") for r in batch]
         except UnicodeDecodeError as exc:
             raise FatalSinkError(f"an event body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        hashes = [r.event_hash for r in batch]
         connected = False
         try:
             async with asyncio.timeout(self.timeout), pool.acquire() as conn:
                 connected = True
-                status = await self._copy_and_insert(conn, rows)
+                status = await self._insert_batch(conn, hashes, bodies)
         except Exception as exc:
             raise self.classify(exc, connecting=not connected) from (exc if connected else None)
         return int(status.rsplit(" ", 1)[-1])
 
-    async def _copy_and_insert(self, conn: Any, rows: Iterable[tuple[str, str]]) -> str:
+    async def _insert_batch(self, conn: Any, hashes: list[str], bodies: list[str]) -> str:
+        """One statement, its own transaction: all of the batch is written or none of it."""
         try:
-            await conn.execute(self._begin)
-            await conn.copy_records_to_table(
-                BATCH_TABLE, schema_name="pg_temp", columns=("event_hash", "body"), records=rows
-            )
-            status: str = await conn.execute(self._insert)
-            await conn.execute("COMMIT")
+            status: str = await conn.execute(self._insert, hashes, bodies)
         except asyncio.CancelledError:
             conn.terminate()  # cancelled mid-statement: its state is unknown; the pool opens a new one
-            raise
-        except BaseException:
-            await _rollback(conn)
             raise
         return status
 
@@ -459,16 +452,6 @@ class PostgresSink(Sink):
 
     def classify(self, exc: BaseException, *, connecting: bool = False, opening: bool = False) -> SinkError:
         return classify(exc, self.settings.retry, connecting=connecting, opening=opening, redactor=self._redactor)
-
-
-async def _rollback(conn: Any) -> None:
-    if conn.is_closed():
-        return
-    try:
-        async with asyncio.timeout(ROLLBACK_TIMEOUT_S):
-            await conn.execute("ROLLBACK")
-    except Exception:
-        conn.terminate()
 
 
 # --------------------------------------------------------------------------------------------------
