@@ -33,36 +33,58 @@ class OffsetBook:
         return self._unrouted.get(item.tp, {}).get(item.offset)
 
     def mark_done(self, items: Iterable[Item]) -> None:
+        done = self._done
+        unrouted = self._unrouted
         for item in items:
-            self._done.setdefault(item.tp, set()).add(item.offset)
-            self._unrouted.get(item.tp, {}).pop(item.offset, None)
+            tp, offset = item.tp, item.record.offset
+            marked = done.get(tp)
+            if marked is None:
+                marked = done[tp] = set()
+            marked.add(offset)
+            failed = unrouted.get(tp)
+            if failed:
+                failed.pop(offset, None)
 
     def mark_unrouted(self, item: Item, error: SinkError) -> None:
         self._unrouted.setdefault(item.tp, {})[item.offset] = error
 
-    def _first_pending(self, items: Sequence[Item]) -> dict[TopicPartition, tuple[int, int | None]]:
-        """tp -> (offset after the round's last, first offset not done or None)."""
-        out: dict[TopicPartition, tuple[int, int | None]] = {}
-        for item in sorted(items, key=lambda i: (i.tp.topic, i.tp.partition, i.offset)):
-            end, pending = out.get(item.tp, (0, None))
-            if pending is None and not self.is_done(item):
-                pending = item.offset
-            out[item.tp] = (max(end, item.offset + 1), pending)
-        return out
+    def _spans(self, items: Sequence[Item]) -> tuple[dict[TopicPartition, int], ...]:
+        """Per partition of the round: its first offset, the offset after its last, and its first offset not
+        done (only where one is not done). One pass, no sort: the first not done is the least not done."""
+        first: dict[TopicPartition, int] = {}
+        end: dict[TopicPartition, int] = {}
+        pending: dict[TopicPartition, int] = {}
+        done = self._done
+        for item in items:
+            tp, offset = item.tp, item.record.offset
+            least = first.get(tp)
+            if least is None:
+                first[tp], end[tp] = offset, offset + 1
+            else:
+                if offset < least:
+                    first[tp] = offset
+                if offset >= end[tp]:
+                    end[tp] = offset + 1
+            marked = done.get(tp)
+            if marked is None or offset not in marked:
+                earliest = pending.get(tp)
+                if earliest is None or offset < earliest:
+                    pending[tp] = offset
+        return first, end, pending
 
     def commits(self, items: Sequence[Item]) -> dict[TopicPartition, int]:
         """The offset to commit per partition of the round (only where the round moved it)."""
-        first = {tp: min(i.offset for i in items if i.tp == tp) for tp in {i.tp for i in items}}
+        first, end, pending = self._spans(items)
         out: dict[TopicPartition, int] = {}
-        for tp, (end, pending) in self._first_pending(items).items():
-            commit = end if pending is None else pending
-            if commit > first[tp]:
+        for tp, least in first.items():
+            commit = pending.get(tp, end[tp])
+            if commit > least:
                 out[tp] = commit
         return out
 
     def rewinds(self, items: Sequence[Item]) -> dict[TopicPartition, int]:
         """Where each partition of the round must be read again from (its first offset not done)."""
-        return {tp: pending for tp, (_, pending) in self._first_pending(items).items() if pending is not None}
+        return self._spans(items)[2]
 
     def everything(self, items: Sequence[Item]) -> dict[TopicPartition, int]:
         """Where to read the whole round again (a failed commit, an unforeseen error): per partition its
