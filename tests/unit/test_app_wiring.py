@@ -256,6 +256,44 @@ async def test_the_fetch_loop_hands_a_batch_over_or_reads_it_again_never_drops_i
     assert thread.seeks[-1] == (tp, 9) and feed.queue.qsize() == FEED_DEPTH
 
 
+async def test_a_batch_goes_from_the_fetch_to_its_send_without_waiting_a_loop_cycle(pipeline: Pipeline) -> None:
+    """With room in the feed and in the send queue, handing a batch over, taking it as a group and queueing
+    its send each complete at once: under load every loop cycle waited for is a few ms more per hop (at
+    8,335 ev/s the ingest and dedupe hops' p50 fell from 87-270 to 50-54 ms without the two-future races)."""
+    from types import SimpleNamespace
+
+    from agents.consumer import GaplessConsumer, Pipelined
+
+    consumer: Any = pipeline.app.consumer
+    assert isinstance(consumer, GaplessConsumer)
+    tp = TP(pipeline.catalog.ingest.name, 1)
+    consumer._thread = cast(Any, _Thread(tp))
+    consumer._committed_offset[tp] = 0
+    tables: Any = pipeline.app.tables
+    tables.recovery.completed.set()
+    stream = SimpleNamespace(app=pipeline.app, channel=SimpleNamespace(get_topic_name=lambda: tp.topic))
+    loop = asyncio.get_running_loop()
+    cycles = 0
+
+    def cycle() -> None:
+        nonlocal cycles
+        cycles += 1
+
+    async def sending() -> None:
+        pass
+
+    consumer.feed(tp.topic)
+    async with Pipelined(stream) as pipe:
+        groups = pipe.groups()
+        await asyncio.sleep(0)  # the acker runs
+        loop.call_soon(cycle)
+        await consumer._hand_over(tp, _records(tp, [0, 1]), None, pipeline.app.consumer_generation_id)
+        group = await anext(groups)
+        await pipe.send(group, sending())
+        assert cycles == 0, "a step waited for a loop cycle"
+        assert [r.offset for b in group for r in b.records] == [0, 1]
+
+
 def test_dedupe_standby_replicas_reach_faust(tmp_path: Path) -> None:
     assert build(tmp_path).app.conf.table_standby_replicas == 0
     for given in (1, 2):
