@@ -72,19 +72,16 @@ class OffsetBook:
                     pending[tp] = offset
         return first, end, pending
 
-    def commits(self, items: Sequence[Item]) -> dict[TopicPartition, int]:
-        """The offset to commit per partition of the round (only where the round moved it)."""
+    def plan(self, items: Sequence[Item]) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """The round's commits (per partition, only where the round moved it) and rewinds (where each
+        partition must be read again from: its first offset not done)."""
         first, end, pending = self._spans(items)
-        out: dict[TopicPartition, int] = {}
+        commits: dict[TopicPartition, int] = {}
         for tp, least in first.items():
             commit = pending.get(tp, end[tp])
             if commit > least:
-                out[tp] = commit
-        return out
-
-    def rewinds(self, items: Sequence[Item]) -> dict[TopicPartition, int]:
-        """Where each partition of the round must be read again from (its first offset not done)."""
-        return self._spans(items)[2]
+                commits[tp] = commit
+        return commits, pending
 
     def everything(self, items: Sequence[Item]) -> dict[TopicPartition, int]:
         """Where to read the whole round again (a failed commit, an unforeseen error): per partition its

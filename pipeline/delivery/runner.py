@@ -348,8 +348,8 @@ class SinkRunner:
 
     async def _commit(self, consumer: DeliveryConsumer, fetched: list[Item]) -> None:
         assigned = consumer.assignment()
-        commits = {tp: offset for tp, offset in self.book.commits(fetched).items() if tp in assigned}
-        rewinds = self.book.rewinds(fetched)
+        planned, rewinds = self.book.plan(fetched)
+        commits = {tp: offset for tp, offset in planned.items() if tp in assigned}
         if commits:
             try:
                 await consumer.commit(commits)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.reliability.policies import BreakerPolicy, QueuePolicy, RetryPolicy
+
+# Events per write; a sink type may give its own default (`batch_size: BatchSize = 2000`).
+BatchSize = Annotated[int, Field(ge=1, le=100_000, description="events per write")]
 
 
 class SinkSettings(BaseModel):
@@ -13,7 +18,7 @@ class SinkSettings(BaseModel):
     name: str
     type: str
     enabled: bool = False
-    batch_size: int = Field(500, ge=1, le=100_000, description="events per write")
+    batch_size: BatchSize = 500
     linger_ms: int = Field(20, ge=0, le=600_000, description="how long a partial batch waits for more events")
     flush_bandwidth_bytes_per_sec: int | None = Field(
         None, ge=1, description="bandwidth limit of writes (live and retry together); none = unlimited"

@@ -49,8 +49,9 @@ def test_commits_and_rewinds_follow_the_rule(
             want_commits[tp] = commit
         if not_done:
             want_rewinds[tp] = not_done[0]
-    assert book.commits(items) == want_commits
-    assert book.rewinds(items) == want_rewinds
+    commits, rewinds = book.plan(items)
+    assert commits == want_commits
+    assert rewinds == want_rewinds
     book.committed(want_commits)
     for i in items:
         assert book.is_done(i) == ((i.tp, i.offset) in done and i.offset >= want_commits.get(i.tp, -1))

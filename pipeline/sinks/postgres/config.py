@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from pipeline.sinks.settings import SinkSettings
+from pipeline.sinks.settings import BatchSize, SinkSettings
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # A PostgreSQL interval literal such as "1 day", "6 hours", "7 days", "1 day 12 hours" or "12:00:00". It
@@ -36,7 +36,7 @@ class PostgresSinkSettings(SinkSettings):
     # rounds (each at most batch_size events) keep up when the host slows; the linger still keeps batches
     # small at low rates. Four runs each at 8,335 ev/s, alternating: delivery-hop p99 232 / 156 / 612 / 179 ms
     # with 2000 against 1,772 / 187 / 648 / 357 ms with 500.
-    batch_size: int = Field(2000, ge=1, le=100_000, description="events per write")
+    batch_size: BatchSize = 2000
     dsn: SecretStr | None = Field(None, description="postgresql://user:password@host:port/db")
     host: str | None = Field(None, min_length=1, description="server host name or address (instead of dsn)")
     port: int = Field(5432, ge=1, le=65535, description="server port (with host; overrides the DSN's when set)")
