@@ -6,6 +6,7 @@ Pure functions only: no Kafka, no database, no clock (the unit tests run them as
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 from dataclasses import dataclass
@@ -36,9 +37,10 @@ class Backlog:
         return len(self.messages)
 
 
-def event(n: int, *, sent_at: float | None = None) -> dict[str, Any]:
-    """Event number `n` (distinct content for every n). `sent_at` (epoch seconds) rides in the payload for
-    the latency run: the database row then carries its own publish time."""
+def event(n: int, *, sent_at_ms: int | None = None) -> dict[str, Any]:
+    """Event number `n` (distinct content for every n). `sent_at_ms` (epoch milliseconds) rides in the payload
+    for the latency run: the database row then carries its own publish time. An integer of 13 digits, like
+    the backlog's other numbers: the event costs the worker what a backlog event costs."""
     payload: dict[str, Any] = {
         "seq": n,
         "temp_c": round(40.0 + (n % 500) / 10, 1),
@@ -46,8 +48,8 @@ def event(n: int, *, sent_at: float | None = None) -> dict[str, Any]:
         "oil_bar": round(3.0 + (n % 250) / 100, 2),
         "ok": n % 17 != 0,
     }
-    if sent_at is not None:
-        payload["sent_at"] = sent_at
+    if sent_at_ms is not None:
+        payload["sent_at_ms"] = sent_at_ms
     body: dict[str, Any] = {
         "timestamp": f"2026-11-22T{(n // 3_600_000) % 24:02d}:{(n // 60_000) % 60:02d}:"
         f"{(n // 1000) % 60:02d}.{n % 1000:03d}Z",
@@ -95,6 +97,30 @@ def split(events: int, duplicate_share: float) -> tuple[int, int]:
         raise ValueError(f"the duplicate share must be in [0, 1), got {duplicate_share}")
     duplicates = min(round(events * duplicate_share), events - 1)
     return events - duplicates, duplicates
+
+
+class LiveMix:
+    """The latency run's load: the backlog's mix, offered live. Message number i is a duplicate when the
+    share says so (exactly `duplicate_share` of every run of messages, evenly spread): a re-serialised copy of
+    one of the last `recent` unique events; otherwise the next unique event, from `first` on."""
+
+    def __init__(self, duplicate_share: float, *, first: int, seed: int = 9, recent: int = 10_000) -> None:
+        split(2, duplicate_share)  # checks the share
+        self.share, self.next_unique, self.sent, self.unique = duplicate_share, first, 0, 0
+        self.rng = random.Random(seed)
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=recent)
+
+    def next(self, sent_at_ms: int | None) -> tuple[dict[str, Any], bytes, bool]:
+        """(the event, its message value, whether it is a new unique event)."""
+        i, self.sent = self.sent, self.sent + 1
+        if self.recent and int((i + 1) * self.share) > int(i * self.share):
+            body = self.rng.choice(self.recent)
+            return body, respell(body, self.rng), False
+        body = event(self.next_unique, sent_at_ms=sent_at_ms)
+        self.next_unique += 1
+        self.unique += 1
+        self.recent.append(body)
+        return body, compact(body), True
 
 
 def make_backlog(events: int, duplicate_share: float, partitions: int, *, seed: int = 9, first: int = 0) -> Backlog:

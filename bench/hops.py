@@ -56,8 +56,9 @@ async def hop_percentiles(
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
-            "SELECT event_hash, (payload->>'sent_at')::float8 AS sent, extract(epoch FROM ingested_at)::float8 AS row "
-            f"FROM {quote_ident(table)} WHERE payload ? 'sent_at'"
+            "SELECT event_hash, (payload->>'sent_at_ms')::float8 / 1000 AS sent, "
+            "extract(epoch FROM ingested_at)::float8 AS row "
+            f"FROM {quote_ident(table)} WHERE payload ? 'sent_at_ms'"
         )
     finally:
         await conn.close()

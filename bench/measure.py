@@ -72,10 +72,10 @@ class Table:
         return points
 
     async def latencies(self) -> list[float]:
-        """Seconds from each row's publish time (payload.sent_at) to its insert time."""
+        """Seconds from each row's publish time (payload.sent_at_ms) to its insert time."""
         records = await self.conn.fetch(
-            f"SELECT extract(epoch FROM ingested_at)::float8 - (payload->>'sent_at')::float8 AS s "
-            f"FROM {self.name} WHERE payload ? 'sent_at'"
+            f"SELECT extract(epoch FROM ingested_at)::float8 - (payload->>'sent_at_ms')::float8 / 1000 AS s "
+            f"FROM {self.name} WHERE payload ? 'sent_at_ms'"
         )
         return [float(r["s"]) for r in records]
 

@@ -52,12 +52,14 @@ class Drain:
 
 @dataclass
 class Latency:
-    """Publish (payload.sent_at) to the row's insert time (the database's clock) at a fixed offered rate."""
+    """Publish (payload.sent_at_ms) to the row's insert time (the database's clock) at a fixed offered rate."""
 
     offered_rate: float
     seconds: float
     warmup_seconds: float = 0.0  # offered at the same rate just before, not measured
-    sent: int = 0
+    sent: int = 0  # messages offered in the measured seconds, duplicates included
+    unique: int = 0  # of those, new events (each should make one row)
+    duplicate_share: float = 0.0  # the backlog's mix: this share of the messages are re-serialised duplicates
     rows: int = 0
     percentiles_ms: dict[str, float] = field(default_factory=dict)  # "p50", "p90", "p99", "p99.9", "max"
     hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # bench.hops: ingest, dedupe, delivery
@@ -222,6 +224,9 @@ def checks(results: Results, targets: Targets) -> list[Check]:
         p99 = results.latency.percentiles_ms.get("p99")
         ok = results.latency.error is None and p99 is not None and p99 <= targets.p99_ms
         out.append(Check("p99 latency at half max rate", f"<= {targets.p99_ms:g} ms", _fmt(p99, ".0f", " ms"), ok))
+        lat = results.latency
+        if lat.error is None and lat.unique:
+            out.append(Check("latency rows", f"== {lat.unique} unique", str(lat.rows), lat.rows == lat.unique))
     if results.scaleout is not None:
         out.extend(_scaleout_checks(results.scaleout))
     if results.rss_1m is not None:
@@ -296,7 +301,7 @@ def render(results: Results, targets: Targets) -> str:
         lines.append(
             f"latency at {lat.offered_rate:,.0f} events/s for {lat.seconds:.0f} s"
             + (f" after {lat.warmup_seconds:.0f} s of warm-up" if lat.warmup_seconds else "")
-            + f" ({lat.rows:,}/{lat.sent:,} rows): "
+            + f" ({lat.sent:,} events, {lat.duplicate_share:.0%} duplicates; {lat.rows:,}/{lat.unique:,} rows): "
             + (pct or "-")
             + (f"; worker CPU {lat.cpu_s_per_1000:.3f} s per 1,000 events" if lat.cpu_s_per_1000 is not None else "")
             + (f"  ERROR: {lat.error}" if lat.error else "")

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import profile as profiling
-from bench.events import Backlog, Message, compact, event, make_backlog
+from bench.events import Backlog, LiveMix, Message, compact, event, make_backlog
 from bench.hops import hop_percentiles
 from bench.measure import Table, assignments, commits_settled, records, rereads, wait_groups_stable, wait_rows
 from bench.procs import Child
@@ -283,8 +283,9 @@ async def _scaleout_lane(run: Run, backlog: Backlog, n: int, sink_rtt_ms: float,
 
 
 async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0) -> Latency:
-    """A running worker, then `rate` unique events per second for `warmup` + `seconds`, those of the last
-    `seconds` carrying their publish time; latency = the row's insert time (database clock) - publish time.
+    """A running worker, then `rate` events per second for `warmup` + `seconds` in the backlog's mix (the
+    share of duplicates the drain's maximum was measured with), the unique ones of the last `seconds`
+    carrying their publish time; latency = the row's insert time (database clock) - publish time.
 
     The warm-up is the first load of a new worker: its heap grows to its working size (about 10,000 page
     faults, measured), and the events of the first 1-2 seconds wait up to a second; the same load after an
@@ -306,8 +307,9 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0)
             child.start()
             await wait_rows(table, LATENCY_PRIMER, deadline=deadline, alive=child.exit_problem)
             cpu_before = child.cpu_seconds()
-            result.sent = await offer(run, lane, rate, warm + total, first=1_000_000, measured_from=warm) - warm
-            await wait_rows(table, LATENCY_PRIMER + warm + total, deadline=deadline, alive=child.exit_problem)
+            unique, result.unique = await offer(run, lane, rate, warm + total, first=1_000_000, measured_from=warm)
+            result.sent, result.duplicate_share = total, run.duplicate_share
+            await wait_rows(table, LATENCY_PRIMER + unique, deadline=deadline, alive=child.exit_problem)
             cpu_after = child.cpu_seconds()
             if cpu_before is not None and cpu_after is not None:
                 result.cpu_s_per_1000 = round((cpu_after - cpu_before) / (warm + total) * 1000, 4)
@@ -331,26 +333,32 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return latency_percentiles(values)
 
 
-async def offer(run: Run, lane: Lane, rate: float, total: int, *, first: int, measured_from: int = 0) -> int:
-    """Publish `total` events at `rate` per second with the product's publisher (acks=all, idempotent); those
-    from the `measured_from`th on carry their publish time."""
+async def offer(
+    run: Run, lane: Lane, rate: float, total: int, *, first: int, measured_from: int = 0
+) -> tuple[int, int]:
+    """Publish `total` messages at `rate` per second with the product's publisher (acks=all, idempotent), in
+    the backlog's mix (`run.duplicate_share` of them duplicates); the unique events from the
+    `measured_from`th message on carry their publish time. Returns how many unique events were sent, and how
+    many of them carry their publish time."""
     settings = load_settings(environ=lane.worker_env(run.stack))
-    sent = 0
+    mix = LiveMix(run.duplicate_share, first=first)
+    measured = 0
     pending: list[asyncio.Future[object]] = []
     async with Publisher(settings) as publisher:
         start = time.monotonic()
-        while sent < total:
+        while mix.sent < total:
             due = min(total, int((time.monotonic() - start) * rate) + 1)
-            while sent < due:
-                body = event(first + sent, sent_at=time.time() if sent >= measured_from else None)
-                pending.append(await publisher.send_raw(compact(body), key=str(body["source"]).encode()))
-                sent += 1
+            while mix.sent < due:
+                stamp = round(time.time() * 1000) if mix.sent >= measured_from else None
+                body, value, new = mix.next(stamp)
+                measured += new and stamp is not None
+                pending.append(await publisher.send_raw(value, key=str(body["source"]).encode()))
             if len(pending) > 1000:
                 await asyncio.gather(*pending)
                 pending.clear()
             await asyncio.sleep(0.005)
         await asyncio.gather(*pending)
-    return sent
+    return mix.unique, measured
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from bench.events import EVENT_BYTES, compact, event, make_backlog, respell, split
+from bench.events import EVENT_BYTES, LiveMix, compact, event, make_backlog, respell, split
 from pipeline.events import parse_event
 
 
@@ -57,4 +57,26 @@ def test_the_backlog_holds_the_unique_events_and_the_share_of_respelled_duplicat
 def test_the_backlog_is_deterministic_and_the_latency_event_carries_its_publish_time() -> None:
     assert make_backlog(300, 0.3, 4) == make_backlog(300, 0.3, 4)
     assert make_backlog(300, 0.3, 4, seed=1) != make_backlog(300, 0.3, 4, seed=2)
-    assert orjson.loads(compact(event(5, sent_at=1700000000.25)))["payload"]["sent_at"] == 1700000000.25
+    assert orjson.loads(compact(event(5, sent_at_ms=1700000000250)))["payload"]["sent_at_ms"] == 1700000000250
+
+
+def test_the_live_mix_has_the_backlogs_duplicate_share_of_recent_events_respelled() -> None:
+    mix = LiveMix(0.3, first=1000, recent=50)
+    sent = [mix.next(sent_at_ms=1_700_000_000_000 + n) for n in range(1000)]
+    new = [body for body, _, unique in sent if unique]
+    assert len(new) == mix.unique == 700 and mix.sent == 1000
+    assert [b["payload"]["seq"] for b in new] == list(range(1000, 1700))
+    assert all(value == compact(body) for body, value, unique in sent if unique)
+    hashes = [parse_event(value, 1 << 20).event_hash for _, value, _ in sent]
+    first_seen = {}
+    for i, ((body, value, unique), digest) in enumerate(zip(sent, hashes, strict=True)):
+        if unique:
+            assert digest not in first_seen
+            first_seen[digest] = i
+        else:  # a respelled copy of one of the 50 unique events sent last, with the same publish time
+            assert value != compact(body) and digest in first_seen
+            assert sum(1 for j in first_seen.values() if j > first_seen[digest]) < 50
+    # evenly spread: every run of 10 messages after the first holds exactly 3 duplicates
+    assert all(sum(not u for _, _, u in sent[k : k + 10]) == 3 for k in range(10, 1000, 10))
+    with pytest.raises(ValueError):
+        LiveMix(1.0, first=0)

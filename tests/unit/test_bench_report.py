@@ -48,7 +48,15 @@ def healthy(pipeline_s: float = 1.0) -> Results:
             NAIVE: drain(NAIVE, 10.0),
             NO_RELIABILITY: drain(NO_RELIABILITY, pipeline_s * 0.97),
         },
-        latency=Latency(offered_rate=500, seconds=30, sent=15000, rows=15000, percentiles_ms={"p50": 40, "p99": 200}),
+        latency=Latency(
+            offered_rate=500,
+            seconds=30,
+            sent=15000,
+            unique=10500,
+            duplicate_share=0.3,
+            rows=10500,
+            percentiles_ms={"p50": 40, "p99": 200},
+        ),
         rss_1m=Rss1M(
             entries=1_000_000, fill="test", drain=drain("rss", 1.0, peak_rss_mb=350.0), seeded_duplicates_dropped=True
         ),
@@ -84,6 +92,7 @@ def test_each_target_fails_on_its_own() -> None:
         "drain pipeline_vs_naive": lambda r: setattr(r.drains[NAIVE], "drain_s", 4.0),
         "breakers+tiers cost": lambda r: setattr(r.drains[NO_RELIABILITY], "drain_s", 0.9),
         "p99 latency at half max rate": lambda r: setattr(r.latency, "percentiles_ms", {"p50": 40, "p99": 251}),
+        "latency rows": lambda r: setattr(r.latency, "rows", 10499),
         "RSS with 1,000,000 hashes": lambda r: setattr(r.rss_1m, "seeded_duplicates_dropped", False),
     }
     for name, spoil in cases.items():
