@@ -70,7 +70,7 @@ class KafkaSettings(BaseModel):
     )
     heartbeat_interval_ms: int = Field(3_000, ge=100, le=600_000, description="below session_timeout_ms")
     produce_flush_interval_ms: int = Field(
-        20,
+        50,
         ge=0,
         le=1_000,
         description="least time between two flushes of the ingest and dedupe producer: under load the records "

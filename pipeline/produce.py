@@ -166,7 +166,7 @@ class BatchProducer:
     `send` appends its records to the open batch of each partition and waits for those batches' acks. A flush
     hands every open batch to aiokafka at once (one produce request per broker) and waits for their acks;
     whatever is sent meanwhile joins the next flush. Two flushes start at least
-    `KafkaSettings.produce_flush_interval_ms` apart (20 ms): a record that finds the producer idle goes at once,
+    `KafkaSettings.produce_flush_interval_ms` apart (50 ms): a record that finds the producer idle goes at once,
     and under load the batches grow with the load instead of a linger holding every record. Bounding the
     flushes matters downstream too: each one wakes the consumers of the topics it writes, so one flush per
     ack round trip meant hundreds of tiny fetches and agent rounds a second (at 6,000 events/s, 20 ms
