@@ -14,8 +14,9 @@ Parts (each contender on its own topics, consumer groups and table; every stage 
                backlog: each drain rate and its ratio to the 1-worker drain (needs --partitions >= the most
                workers); --sink-rtt-ms adds a round trip before PostgreSQL (a remote database),
                --scaleout-env NAME=VALUE a setting for every worker
-  latency      publish -> row at half the pipeline's measured drain rate, after --latency-warmup seconds at
-               that rate (not measured)
+  latency      publish -> row at half the pipeline's measured drain rate, in the backlog's mix (--duplicates
+               of the events re-serialised copies of recent ones), after --latency-warmup seconds at that
+               rate (not measured)
   rss          peak RSS of a worker whose dedupe table holds --dedupe-entries hashes
   profile      py-spy on a worker draining --profile-events (not in the default set)
 Results: bench/results/<UTC time>.json, latest.json and bench.png. Exit status: 0, 1 (--check and a target
