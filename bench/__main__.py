@@ -14,9 +14,9 @@ Parts (each contender on its own topics, consumer groups and table; every stage 
                backlog: each drain rate and its ratio to the 1-worker drain (needs --partitions >= the most
                workers); --sink-rtt-ms adds a round trip before PostgreSQL (a remote database),
                --scaleout-env NAME=VALUE a setting for every worker
-  latency      publish -> row at half the pipeline's measured drain rate, in the backlog's mix (--duplicates
-               of the events re-serialised copies of recent ones), after --latency-warmup seconds at that
-               rate (not measured)
+  latency      publish -> row at half the pipeline's drain rate (the median of its drains), in the backlog's
+               mix (--duplicates of the events re-serialised copies of recent ones), after --latency-warmup
+               seconds at that rate (not measured); --latency-runs runs, checked on the median p99
   rss          peak RSS of a worker whose dedupe table holds --dedupe-entries hashes
   profile      py-spy on a worker draining --profile-events (not in the default set)
 Results: bench/results/<UTC time>.json, latest.json and bench.png. Exit status: 0, 1 (--check and a target
@@ -43,7 +43,19 @@ from bench import runs
 from bench.events import make_backlog
 from bench.plot import plot
 from bench.procs import stop_all
-from bench.report import BARE, NAIVE, NO_RELIABILITY, PIPELINE, Results, Targets, checks, drained, render, save
+from bench.report import (
+    BARE,
+    NAIVE,
+    NO_RELIABILITY,
+    PIPELINE,
+    Results,
+    Targets,
+    checks,
+    drained,
+    median_latency,
+    render,
+    save,
+)
 from bench.stack import REPO, cleanup, close_stack, open_stack
 
 PARTS = ("drain", "reliability", "scaleout", "latency", "rss", "profile")
@@ -81,7 +93,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="drains of each side of the reliability comparison, alternating; the cost is of the medians (3)",
     )
     p.add_argument("--latency-seconds", type=float, default=30.0, help="length of the offered load (30)")
-    p.add_argument("--latency-rate", type=float, help="offered events/s (default: half the measured drain rate)")
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        help="offered events/s (default: half the pipeline's drain rate, the median of its drains)",
+    )
+    p.add_argument(
+        "--latency-runs",
+        type=int,
+        default=3,
+        help="latency runs, each with a new worker; the target is checked on the run of the median p99 (3)",
+    )
     p.add_argument(
         "--latency-warmup",
         type=float,
@@ -182,14 +204,23 @@ async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp
             run, backlog, args.workers, sink_rtt_ms=args.sink_rtt_ms, env=args.scaleout_env
         )
     if "latency" in parts:
-        pipe = results.drains.get(PIPELINE)
-        rate = args.latency_rate or (pipe.rate / 2 if pipe and pipe.rate else None)
+        maximum = results.rate_of(PIPELINE) if PIPELINE in results.drains else None
+        rate = args.latency_rate or (maximum / 2 if maximum else None)
         rate = rate or ((previous_rate(args.results) or 0) / 2) or None
         if rate is None:
             print("bench: latency skipped: no drain rate measured; give --latency-rate", flush=True)
         else:
-            print(f"bench: latency at {rate:,.0f} events/s for {args.latency_seconds:.0f} s ...", flush=True)
-            results.latency = await runs.latency(run, rate, args.latency_seconds, warmup=args.latency_warmup)
+            for n in range(1, max(1, args.latency_runs) + 1):
+                print(
+                    f"bench: latency at {rate:,.0f} events/s for {args.latency_seconds:.0f} s (run {n}) ...",
+                    flush=True,
+                )
+                lat = await runs.latency(
+                    run, rate, args.latency_seconds, warmup=args.latency_warmup, name=f"latency-{n}"
+                )
+                results.latency_runs.append(lat)
+                print(f"bench:   p99 {lat.percentiles_ms.get('p99', float('nan')):,.0f} ms", flush=True)
+            results.latency = median_latency(results.latency_runs)
     if "rss" in parts:
         print(f"bench: RSS with {args.dedupe_entries:,} hashes in the dedupe table ...", flush=True)
         results.rss_1m = await runs.rss_with_entries(run, args.dedupe_entries, args.rss_events)

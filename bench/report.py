@@ -136,6 +136,9 @@ class Results:
     # The reliability comparison drained again (--reliability-runs): every rate of the pipeline and of the
     # pipeline without breakers and tiers, the first drain's included, alternating; None for a failed one.
     repeats: dict[str, list[float | None]] = field(default_factory=dict)
+    # Every latency run (--latency-runs); `latency` is the one of the median p99 (a failed run counts as the
+    # slowest).
+    latency_runs: list[Latency] = field(default_factory=list)
 
     def rate_of(self, name: str) -> float | None:
         """The contender's drain rate: the median over its repeats when it was drained more than once."""
@@ -143,6 +146,14 @@ class Results:
         if len(rates) > 1:
             return statistics.median(rates)
         return self.drains[name].rate if name in self.drains else None
+
+
+def median_latency(runs: list[Latency]) -> Latency | None:
+    """The run of the median p99 (the upper one of an even count); a failed run counts as the slowest."""
+    if not runs:
+        return None
+    ordered = sorted(runs, key=lambda r: math.inf if r.error else r.percentiles_ms.get("p99", math.inf))
+    return ordered[len(ordered) // 2]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -223,7 +234,9 @@ def checks(results: Results, targets: Targets) -> list[Check]:
     if results.latency is not None:
         p99 = results.latency.percentiles_ms.get("p99")
         ok = results.latency.error is None and p99 is not None and p99 <= targets.p99_ms
-        out.append(Check("p99 latency at half max rate", f"<= {targets.p99_ms:g} ms", _fmt(p99, ".0f", " ms"), ok))
+        over = f" (median of {len(results.latency_runs)} runs)" if len(results.latency_runs) > 1 else ""
+        shown = _fmt(p99, ".0f", " ms") + over
+        out.append(Check("p99 latency at half max rate", f"<= {targets.p99_ms:g} ms", shown, ok))
         lat = results.latency
         if lat.error is None and lat.unique:
             out.append(Check("latency rows", f"== {lat.unique} unique", str(lat.rows), lat.rows == lat.unique))
@@ -308,6 +321,11 @@ def render(results: Results, targets: Targets) -> str:
         )
         for hop, values in lat.hops_ms.items():
             lines.append(f"  {hop} hop: " + ", ".join(f"{k} {v:.0f} ms" for k, v in values.items()))
+        if len(results.latency_runs) > 1:
+            each = [
+                "failed" if r.error else _fmt(r.percentiles_ms.get("p99"), ".0f", " ms") for r in results.latency_runs
+            ]
+            lines.append(f"  (the run of the median p99 of {len(each)}; each run's p99: {', '.join(each)})")
     if results.rss_1m is not None:
         rss = results.rss_1m
         rd = rss.drain
@@ -381,6 +399,7 @@ def to_json(results: Results, targets: Targets) -> dict[str, Any]:
         "drains": drains,
         "ratios": ratios(results),
         "latency": asdict(results.latency) if results.latency else None,
+        "latency_runs": [asdict(r) for r in results.latency_runs] or None,
         "rss_1m": rss,
         "profile": results.profile,
         "scaleout": _scaleout_json(results.scaleout),

@@ -282,7 +282,7 @@ async def _scaleout_lane(run: Run, backlog: Backlog, n: int, sink_rtt_ms: float,
 # Latency at a fixed offered rate
 
 
-async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0) -> Latency:
+async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0, name: str = "latency") -> Latency:
     """A running worker, then `rate` events per second for `warmup` + `seconds` in the backlog's mix (the
     share of duplicates the drain's maximum was measured with), the unique ones of the last `seconds`
     carrying their publish time; latency = the row's insert time (database clock) - publish time.
@@ -290,7 +290,7 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0)
     The warm-up is the first load of a new worker: its heap grows to its working size (about 10,000 page
     faults, measured), and the events of the first 1-2 seconds wait up to a second; the same load after an
     idle spell does not. Latency percentiles are of the steady state, as in the OpenMessaging Benchmark."""
-    lane = run.lane("latency")
+    lane = run.lane(name)
     result = Latency(offered_rate=rate, seconds=seconds, warmup_seconds=warmup)
     total = max(1, round(rate * seconds))
     warm = round(rate * warmup)

@@ -24,6 +24,7 @@ from bench.report import (
     Targets,
     checks,
     latency_percentiles,
+    median_latency,
     percentile,
     ratios,
     render,
@@ -289,3 +290,22 @@ def test_a_saved_run_reads_back_for_the_plot(tmp_path: Path) -> None:
     assert {n: d.rate for n, d in back.drains.items()} == {n: d.rate for n, d in results.drains.items()}
     assert back.drains[PIPELINE].timeline == [(1.0, 0), (2.0, 700)]
     assert back.latency == results.latency
+
+
+def test_the_latency_target_is_checked_on_the_run_of_the_median_p99() -> None:
+    def run(p99: float, error: str | None = None) -> Latency:
+        return Latency(offered_rate=500, seconds=30, percentiles_ms={"p50": 40, "p99": p99}, error=error)
+
+    fast, slow, middle = run(180), run(600), run(240)
+    assert median_latency([fast, slow, middle]) is middle
+    assert median_latency([run(100), run(90, error="RuntimeError: worker exited")]).error is not None  # slowest
+    assert median_latency([]) is None
+    results = healthy()
+    results.latency_runs = [fast, slow, middle]
+    results.latency = median_latency(results.latency_runs)
+    check = next(c for c in checks(results, Targets()) if c.name == "p99 latency at half max rate")
+    assert check.ok and check.value == "240 ms (median of 3 runs)"
+    text = render(results, Targets())
+    assert "each run's p99: 180 ms, 600 ms, 240 ms" in text
+    results.latency = median_latency([fast, slow, run(251)])
+    assert by_name(results)["p99 latency at half max rate"] is False
