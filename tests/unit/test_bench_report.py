@@ -309,3 +309,12 @@ def test_the_latency_target_is_checked_on_the_run_of_the_median_p99() -> None:
     assert "each run's p99: 180 ms, 600 ms, 240 ms" in text
     results.latency = median_latency([fast, slow, run(251)])
     assert by_name(results)["p99 latency at half max rate"] is False
+
+
+def test_the_pipelines_ratios_are_of_the_median_of_its_drains() -> None:
+    results = healthy()
+    results.repeats = {PIPELINE: [1000.0, 500.0, 800.0], NO_RELIABILITY: [900.0, 820.0, None]}
+    r = ratios(results)
+    assert r["pipeline_vs_bare"] == pytest.approx(800.0 / 5000.0)
+    assert r["pipeline_vs_naive"] == pytest.approx(8.0)
+    assert r["reliability_cost"] == pytest.approx(1 - 800.0 / 860.0)
