@@ -52,7 +52,6 @@ from bench.report import (
     Targets,
     checks,
     drained,
-    median_latency,
     render,
     save,
 )
@@ -220,7 +219,6 @@ async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp
                 )
                 results.latency_runs.append(lat)
                 print(f"bench:   p99 {lat.percentiles_ms.get('p99', float('nan')):,.0f} ms", flush=True)
-            results.latency = median_latency(results.latency_runs)
     if "rss" in parts:
         print(f"bench: RSS with {args.dedupe_entries:,} hashes in the dedupe table ...", flush=True)
         results.rss_1m = await runs.rss_with_entries(run, args.dedupe_entries, args.rss_events)

@@ -89,12 +89,16 @@ def _shuffled(value: Any, rng: random.Random) -> Any:
     return value
 
 
+def check_share(duplicate_share: float) -> None:
+    if not 0.0 <= duplicate_share < 1.0:
+        raise ValueError(f"the duplicate share must be in [0, 1), got {duplicate_share}")
+
+
 def split(events: int, duplicate_share: float) -> tuple[int, int]:
     """(unique, duplicates) for a backlog of `events` messages with that share of duplicates."""
     if events < 1:
         raise ValueError("a backlog needs at least one event")
-    if not 0.0 <= duplicate_share < 1.0:
-        raise ValueError(f"the duplicate share must be in [0, 1), got {duplicate_share}")
+    check_share(duplicate_share)
     duplicates = min(round(events * duplicate_share), events - 1)
     return events - duplicates, duplicates
 
@@ -102,11 +106,14 @@ def split(events: int, duplicate_share: float) -> tuple[int, int]:
 class LiveMix:
     """The latency run's load: the backlog's mix, offered live. Message number i is a duplicate when the
     share says so (exactly `duplicate_share` of every run of messages, evenly spread): a re-serialised copy of
-    one of the last `recent` unique events; otherwise the next unique event, from `first` on."""
+    one of the last `recent` unique events; otherwise the next unique event, from `first` on. Counts what it
+    made: messages (`sent`), unique events (`unique`) and those of them that carry a publish time (`stamped`,
+    the rows the latency is measured on)."""
 
     def __init__(self, duplicate_share: float, *, first: int, seed: int = 9, recent: int = 10_000) -> None:
-        split(2, duplicate_share)  # checks the share
-        self.share, self.next_unique, self.sent, self.unique = duplicate_share, first, 0, 0
+        check_share(duplicate_share)
+        self.share, self.next_unique = duplicate_share, first
+        self.sent = self.unique = self.stamped = 0
         self.rng = random.Random(seed)
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=recent)
 
@@ -119,6 +126,7 @@ class LiveMix:
         body = event(self.next_unique, sent_at_ms=sent_at_ms)
         self.next_unique += 1
         self.unique += 1
+        self.stamped += sent_at_ms is not None
         self.recent.append(body)
         return body, compact(body), True
 

@@ -72,8 +72,9 @@ def from_json(data: dict[str, Any]) -> Results:
         drain = Drain(**_fields(Drain, d))
         drain.timeline = [(float(t), int(rows)) for t, rows in drain.timeline]
         drains[name] = drain
-    latency = Latency(**_fields(Latency, data["latency"])) if data.get("latency") else None
-    return Results(meta=data.get("meta") or {}, drains=drains, latency=latency)
+    saved = data.get("latency_runs") or ([data["latency"]] if data.get("latency") else [])
+    runs = [Latency(**_fields(Latency, run)) for run in saved]
+    return Results(meta=data.get("meta") or {}, drains=drains, latency_runs=runs)
 
 
 def main(argv: list[str]) -> int:

@@ -129,16 +129,19 @@ class Check:
 class Results:
     meta: dict[str, Any] = field(default_factory=dict)
     drains: dict[str, Drain] = field(default_factory=dict)
-    latency: Latency | None = None
+    # Every latency run (--latency-runs), in the order they ran.
+    latency_runs: list[Latency] = field(default_factory=list)
     rss_1m: Rss1M | None = None
     profile: dict[str, Any] | None = None
     scaleout: Scaleout | None = None
     # The reliability comparison drained again (--reliability-runs): every rate of the pipeline and of the
     # pipeline without breakers and tiers, the first drain's included, alternating; None for a failed one.
     repeats: dict[str, list[float | None]] = field(default_factory=dict)
-    # Every latency run (--latency-runs); `latency` is the one of the median p99 (a failed run counts as the
-    # slowest).
-    latency_runs: list[Latency] = field(default_factory=list)
+
+    @property
+    def latency(self) -> Latency | None:
+        """The latency run the target is checked on: the one of the median p99."""
+        return median_latency(self.latency_runs)
 
     def rate_of(self, name: str) -> float | None:
         """The contender's drain rate: the median over its repeats when it was drained more than once."""
@@ -233,13 +236,13 @@ def checks(results: Results, targets: Targets) -> list[Check]:
                 cost is not None and cost <= targets.reliability_cost and not failed,
             )
         )
-    if results.latency is not None:
-        p99 = results.latency.percentiles_ms.get("p99")
-        ok = results.latency.error is None and p99 is not None and p99 <= targets.p99_ms
+    lat = results.latency
+    if lat is not None:
+        p99 = lat.percentiles_ms.get("p99")
+        ok = lat.error is None and p99 is not None and p99 <= targets.p99_ms
         over = f" (median of {len(results.latency_runs)} runs)" if len(results.latency_runs) > 1 else ""
         shown = _fmt(p99, ".0f", " ms") + over
         out.append(Check("p99 latency at half max rate", f"<= {targets.p99_ms:g} ms", shown, ok))
-        lat = results.latency
         if lat.error is None and lat.unique:
             out.append(Check("latency rows", f"== {lat.unique} unique", str(lat.rows), lat.rows == lat.unique))
     if results.scaleout is not None:
@@ -310,8 +313,8 @@ def render(results: Results, targets: Targets) -> str:
         shown = [f"{k} {v:.3f}" if k != "reliability_cost" else f"{k} {v:.1%}" for k, v in r.items() if v is not None]
         if shown:
             lines.append("ratios: " + ", ".join(shown))
-    if results.latency is not None:
-        lat = results.latency
+    lat = results.latency
+    if lat is not None:
         pct = ", ".join(f"{k} {v:.0f} ms" for k, v in lat.percentiles_ms.items())
         lines.append(
             f"latency at {lat.offered_rate:,.0f} events/s for {lat.seconds:.0f} s"
@@ -400,7 +403,7 @@ def to_json(results: Results, targets: Targets) -> dict[str, Any]:
         "meta": results.meta,
         "drains": drains,
         "ratios": ratios(results),
-        "latency": asdict(results.latency) if results.latency else None,
+        "latency": asdict(lat) if (lat := results.latency) else None,
         "latency_runs": [asdict(r) for r in results.latency_runs] or None,
         "rss_1m": rss,
         "profile": results.profile,

@@ -342,7 +342,6 @@ async def offer(
     many of them carry their publish time."""
     settings = load_settings(environ=lane.worker_env(run.stack))
     mix = LiveMix(run.duplicate_share, first=first)
-    measured = 0
     pending: list[asyncio.Future[object]] = []
     async with Publisher(settings) as publisher:
         start = time.monotonic()
@@ -350,15 +349,14 @@ async def offer(
             due = min(total, int((time.monotonic() - start) * rate) + 1)
             while mix.sent < due:
                 stamp = round(time.time() * 1000) if mix.sent >= measured_from else None
-                body, value, new = mix.next(stamp)
-                measured += new and stamp is not None
+                body, value, _ = mix.next(stamp)
                 pending.append(await publisher.send_raw(value, key=str(body["source"]).encode()))
             if len(pending) > 1000:
                 await asyncio.gather(*pending)
                 pending.clear()
             await asyncio.sleep(0.005)
         await asyncio.gather(*pending)
-    return mix.unique, measured
+    return mix.unique, mix.stamped
 
 
 # --------------------------------------------------------------------------------------------------

@@ -78,5 +78,10 @@ def test_the_live_mix_has_the_backlogs_duplicate_share_of_recent_events_respelle
             assert sum(1 for j in first_seen.values() if j > first_seen[digest]) < 50
     # evenly spread: every run of 10 messages after the first holds exactly 3 duplicates
     assert all(sum(not u for _, _, u in sent[k : k + 10]) == 3 for k in range(10, 1000, 10))
+    assert mix.stamped == 700  # every unique event carried a publish time
+    warm = LiveMix(0.3, first=0)
+    for n in range(100):
+        warm.next(sent_at_ms=None if n < 40 else 1_700_000_000_000 + n)
+    assert (warm.unique, warm.stamped) == (70, 42)  # the unique ones of the 60 stamped messages
     with pytest.raises(ValueError):
         LiveMix(1.0, first=0)
