@@ -131,6 +131,46 @@ class LiveMix:
         return body, compact(body), True
 
 
+# The publish time a prepared message carries until it is sent: 13 digits, as a time in epoch milliseconds has.
+STAMP = 1_111_111_111_111
+_STAMP = b"%d" % STAMP
+
+
+@dataclass(frozen=True, slots=True)
+class Scripted:
+    """One message of a prepared live mix, its value cut where its publish time goes: `head + stamp + tail`,
+    or `head` alone when it carries none (`origin` -1). `origin` is the unique event whose publish time it
+    carries (a duplicate carries its original's); `new` marks that unique event's own message, whose send
+    fixes the time."""
+
+    key: bytes
+    head: bytes
+    tail: bytes
+    origin: int
+    new: bool
+
+    def value(self, stamp: bytes) -> bytes:
+        return self.head if self.origin < 0 else self.head + stamp + self.tail
+
+
+def script(mix: LiveMix, total: int, *, measured_from: int) -> list[Scripted]:
+    """The next `total` messages of `mix`, made before the run so that offering them costs the load generator
+    a byte join per message: the unique events from the `measured_from`th message on (and their duplicates)
+    carry a publish time."""
+    prepared = []
+    for _ in range(total):
+        body, value, new = mix.next(STAMP if mix.sent >= measured_from else None)
+        key = str(body["source"]).encode()
+        if "sent_at_ms" not in body["payload"]:
+            prepared.append(Scripted(key, value, b"", -1, new))
+            continue
+        head, stamp, tail = value.partition(_STAMP)
+        if not stamp or _STAMP in tail:
+            raise ValueError(f"the publish time's placeholder is not once in {value!r}")
+        prepared.append(Scripted(key, head, tail, body["payload"]["seq"], new))
+    return prepared
+
+
 def make_backlog(events: int, duplicate_share: float, partitions: int, *, seed: int = 9, first: int = 0) -> Backlog:
     """`events` messages: unique events `first`..`first + unique - 1` in compact form, and duplicates of
     randomly chosen ones re-serialised, all shuffled together and spread evenly over the partitions (a

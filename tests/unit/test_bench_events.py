@@ -8,7 +8,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from bench.events import EVENT_BYTES, LiveMix, compact, event, make_backlog, respell, split
+from bench.events import EVENT_BYTES, LiveMix, compact, event, make_backlog, respell, script, split
 from pipeline.events import parse_event
 
 
@@ -85,3 +85,22 @@ def test_the_live_mix_has_the_backlogs_duplicate_share_of_recent_events_respelle
     assert (warm.unique, warm.stamped) == (70, 42)  # the unique ones of the 60 stamped messages
     with pytest.raises(ValueError):
         LiveMix(1.0, first=0)
+
+
+def test_a_scripted_mix_sends_what_the_live_mix_would_with_the_publish_times_of_its_sends() -> None:
+    prepared = script(LiveMix(0.3, first=1000, recent=50), 1000, measured_from=200)
+    reference = LiveMix(0.3, first=1000, recent=50)
+    stamps = {-1: b""}
+    for i, message in enumerate(prepared):
+        now = 1_700_000_000_000 + i
+        if message.new:
+            stamps[message.origin] = b"%d" % now
+        value = message.value(stamps[message.origin])
+        body, expected, new = reference.next(now if i >= 200 else None)
+        # byte for byte what the live mix makes when each unique event is stamped at its own send; a
+        # duplicate carries its original's time, so its content hash is the original's
+        assert (value, message.new, message.key) == (expected, new, str(body["source"]).encode())
+        carries = "sent_at_ms" in body["payload"]
+        assert (message.origin >= 0) == carries and (not carries or message.origin == body["payload"]["seq"])
+        assert i >= 200 or message.origin < 0  # the warm-up carries no publish time
+    assert reference.stamped == sum(m.new and m.origin >= 0 for m in prepared) == 560
