@@ -193,7 +193,6 @@ class BatchProducer:
         self._spread = 0
         self._open: dict[tuple[str, int], list[_Pending]] = {}  # per partition: full batches, then the open one
         self._flusher: asyncio.Task[None] | None = None
-        self.flushes = 0  # flushes handed to aiokafka (what the coalescing saves shows against the sends)
         # The least time between the starts of two flushes (KafkaSettings.produce_flush_interval_ms): under
         # load the flushes, and downstream the fetches and agent rounds they cause, are bounded to one per
         # interval instead of one per ack round trip.
@@ -285,7 +284,6 @@ class BatchProducer:
                 await asyncio.sleep(wait)
             self._next_flush = loop.time() + self._interval
             chains, self._open = self._open, {}
-            self.flushes += 1
             # The first batch of every partition, then the second ones: the first request takes one each.
             batches = sorted(
                 ((level, where, pending) for where, chain in chains.items() for level, pending in enumerate(chain)),

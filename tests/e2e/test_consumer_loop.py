@@ -26,6 +26,14 @@ async def test_the_consumer_runs_in_the_worker_loop_and_stops_alone(stack: Stack
     try:
         assert set(threading.enumerate()) == threads_before, "the consumer started a thread"
         consumer = thread._ensure_consumer()
+        stopped: list[bool] = []
+        stop = consumer.stop
+
+        async def stopping() -> None:
+            stopped.append(True)
+            await stop()
+
+        consumer.stop = stopping
         assert consumer._client._loop is loop
         assert await thread.call_thread(threading.current_thread) is threading.current_thread()
         assert await thread.call_thread(asyncio.get_running_loop) is loop
@@ -33,7 +41,7 @@ async def test_the_consumer_runs_in_the_worker_loop_and_stops_alone(stack: Stack
         assert stack.ingest_topic not in await thread.call_thread(consumer.topics)
     finally:
         await asyncio.wait_for(thread.stop(), timeout=60)
-    assert consumer._closed, "the aiokafka consumer was not stopped"
+    assert stopped, "the aiokafka consumer was not stopped"
     assert not bystander.done(), "stopping the consumer cancelled a task of the worker's loop"
     bystander.cancel()
 
