@@ -1,6 +1,8 @@
 """Child processes of the benchmark (workers, the bare loop, the naive agent, py-spy): started in their own
 session so a Ctrl-C reaches only the harness, killed by the kernel if the harness dies (PR_SET_PDEATHSIG),
-and stopped by `stop_all` on every way out. CPU time and peak RSS come from /proc."""
+and stopped by `stop_all` on every way out. CPU time and peak RSS come from /proc, and so does the CPU the
+hypervisor took from the whole host meanwhile (`Steal`): on a shared VM that, not the contender, can be
+what a slow run measured."""
 
 from __future__ import annotations
 
@@ -22,6 +24,33 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def stolen_cpu_seconds(stat: str | None = None) -> float | None:
+    """CPU seconds the hypervisor has taken from this host since boot, all CPUs together: the `steal` column
+    of /proc/stat's first line (None where the kernel does not report it)."""
+    try:
+        text = Path("/proc/stat").read_text() if stat is None else stat
+    except OSError:
+        return None
+    fields = text.split("\n", 1)[0].split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / _CLOCK_TICKS
+
+
+class Steal:
+    """What the hypervisor took from this host from the moment this is made until `cores()`, in cores (CPU
+    seconds stolen per second of wall time, summed over the host's CPUs)."""
+
+    def __init__(self) -> None:
+        self.since, self.stolen = time.monotonic(), stolen_cpu_seconds()
+
+    def cores(self) -> float | None:
+        stolen, elapsed = stolen_cpu_seconds(), time.monotonic() - self.since
+        if stolen is None or self.stolen is None or elapsed <= 0:
+            return None
+        return round((stolen - self.stolen) / elapsed, 3)
 
 
 class Child:

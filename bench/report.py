@@ -36,6 +36,7 @@ class Drain:
     rereads: int | None = None  # pipeline only: partitions read again by the commit watchdog
     assignments: int | None = None  # pipeline only: assignments of the app's group, summed over its workers
     commits_settled: bool | None = None  # the agents' commits reached the topics' ends after the drain
+    steal_cores: float | None = None  # CPU the hypervisor took from the host meanwhile, in cores (bench.procs)
     error: str | None = None
 
     @property
@@ -64,6 +65,7 @@ class Latency:
     percentiles_ms: dict[str, float] = field(default_factory=dict)  # "p50", "p90", "p99", "p99.9", "max"
     hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # bench.hops: ingest, dedupe, delivery
     cpu_s_per_1000: float | None = None  # the worker's CPU seconds per 1,000 events offered, warm-up included
+    steal_cores: float | None = None  # CPU the hypervisor took from the host meanwhile, in cores (bench.procs)
     error: str | None = None
 
 
@@ -294,13 +296,14 @@ def render(results: Results, targets: Targets) -> str:
     if results.drains:
         lines.append("")
         lines.append(
-            f"{'contender':28} {'events/s':>9} {'drain s':>8} {'start s':>8} {'CPU s/1k':>9} {'peak RSS':>9}  rows"
+            f"{'contender':28} {'events/s':>9} {'drain s':>8} {'start s':>8} {'CPU s/1k':>9} {'peak RSS':>9} "
+            f"{'steal':>5}  rows"
         )
         for name, d in results.drains.items():
             lines.append(
                 f"{name:28} {_fmt(d.rate, ',.0f'):>9} {_fmt(d.drain_s, '.1f'):>8} {_fmt(d.startup_s, '.1f'):>8} "
-                f"{_fmt(d.cpu_s_per_1k, '.3f'):>9} {_fmt(d.peak_rss_mb, '.0f', ' MB'):>9}  {d.rows:,}/{d.unique:,}"
-                + (f"  ERROR: {d.error}" if d.error else "")
+                f"{_fmt(d.cpu_s_per_1k, '.3f'):>9} {_fmt(d.peak_rss_mb, '.0f', ' MB'):>9} "
+                f"{_fmt(d.steal_cores, '.2f'):>5}  {d.rows:,}/{d.unique:,}" + (f"  ERROR: {d.error}" if d.error else "")
             )
         for name, d in results.drains.items():
             if d.by_hash_records is not None or d.rereads is not None:
@@ -322,13 +325,18 @@ def render(results: Results, targets: Targets) -> str:
             + f" ({lat.sent:,} events, {lat.duplicate_share:.0%} duplicates; {lat.rows:,}/{lat.unique:,} rows): "
             + (pct or "-")
             + (f"; worker CPU {lat.cpu_s_per_1000:.3f} s per 1,000 events" if lat.cpu_s_per_1000 is not None else "")
+            + (f"; host steal {lat.steal_cores:.2f} cores" if lat.steal_cores is not None else "")
             + (f"  ERROR: {lat.error}" if lat.error else "")
         )
         for hop, values in lat.hops_ms.items():
             lines.append(f"  {hop} hop: " + ", ".join(f"{k} {v:.0f} ms" for k, v in values.items()))
         if len(results.latency_runs) > 1:
             each = [
-                "failed" if r.error else _fmt(r.percentiles_ms.get("p99"), ".0f", " ms") for r in results.latency_runs
+                "failed"
+                if r.error
+                else _fmt(r.percentiles_ms.get("p99"), ".0f", " ms")
+                + ("" if r.steal_cores is None else f" (steal {r.steal_cores:.2f})")
+                for r in results.latency_runs
             ]
             lines.append(f"  (the run of the median p99 of {len(each)}; each run's p99: {', '.join(each)})")
     if results.rss_1m is not None:

@@ -17,7 +17,7 @@ from bench import profile as profiling
 from bench.events import Backlog, LiveMix, Message, Scripted, compact, event, make_backlog, script
 from bench.hops import hop_percentiles
 from bench.measure import Table, assignments, commits_settled, records, rereads, wait_groups_stable, wait_rows
-from bench.procs import Child
+from bench.procs import Child, Steal
 from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout, drained
 from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
 from pipeline.config import load_settings
@@ -109,7 +109,7 @@ async def observe(children: Child | Sequence[Child], table: Table, result: Drain
         if time.monotonic() > deadline:
             raise TimeoutError("no row when the stage's time ran out")
         await asyncio.sleep(FIRST_ROW_POLL_SEC)
-    cpu_first = _cpu(group)
+    cpu_first, steal = _cpu(group), Steal()
     while True:
         rows = await table.rows()
         cpu = _cpu(group)
@@ -124,6 +124,7 @@ async def observe(children: Child | Sequence[Child], table: Table, result: Drain
     if cpu is not None and cpu_first is not None:
         result.cpu_s = cpu - cpu_first
     result.cpu_total_s = cpu
+    result.steal_cores = steal.cores()
     span = await table.span()
     assert span is not None
     result.startup_s = span[0] - started
@@ -309,12 +310,12 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0,
             await produce(run.stack, lane.ingest_topic, primer)
             child.start()
             await wait_rows(table, LATENCY_PRIMER, deadline=deadline, alive=child.exit_problem)
-            cpu_before = child.cpu_seconds()
+            cpu_before, steal = child.cpu_seconds(), Steal()
             await offer(run, lane, rate, messages)
             unique, result.unique = mix.unique, mix.stamped
             result.sent, result.duplicate_share = total, run.duplicate_share
             await wait_rows(table, LATENCY_PRIMER + unique, deadline=deadline, alive=child.exit_problem)
-            cpu_after = child.cpu_seconds()
+            cpu_after, result.steal_cores = child.cpu_seconds(), steal.cores()
             if cpu_before is not None and cpu_after is not None:
                 result.cpu_s_per_1000 = round((cpu_after - cpu_before) / (warm + total) * 1000, 4)
             values = await table.latencies()

@@ -4,6 +4,7 @@ profile summary. No timing is asserted: the numbers here are made up."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -321,3 +322,26 @@ def test_the_pipelines_ratios_are_of_the_median_of_its_drains() -> None:
     assert r["pipeline_vs_bare"] == pytest.approx(800.0 / 5000.0)
     assert r["pipeline_vs_naive"] == pytest.approx(8.0)
     assert r["reliability_cost"] == pytest.approx(1 - 800.0 / 860.0)
+
+
+def test_the_hosts_stolen_cpu_is_read_from_proc_stat_and_shown_beside_each_result() -> None:
+    from bench.procs import Steal, stolen_cpu_seconds
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = f"cpu  100 0 50 9000 10 0 5 {3 * ticks} 0 0\ncpu0 50 0 25 4500 5 0 2 {ticks} 0 0\n"
+    assert stolen_cpu_seconds(stat) == 3.0  # the first line: all CPUs together
+    assert stolen_cpu_seconds("cpu  1 2 3 4\n") is None  # a kernel without the steal column
+    assert stolen_cpu_seconds("intr 1 2 3 4 5 6 7 8 9\n") is None
+    stolen = Steal().cores()
+    assert stolen is None or stolen >= 0
+    results = healthy()
+    results.drains[PIPELINE].steal_cores = 0.42
+    results.latency_runs = [
+        Latency(offered_rate=500, seconds=30, percentiles_ms={"p99": p99}, steal_cores=steal)
+        for p99, steal in ((180, 0.0), (600, 0.61), (240, 0.05))
+    ]
+    text = render(results, Targets())
+    assert "host steal 0.05 cores" in text  # the median run's
+    assert "each run's p99: 180 ms (steal 0.00), 600 ms (steal 0.61), 240 ms (steal 0.05)" in text
+    pipeline_row = next(line for line in text.splitlines() if line.startswith(f"{PIPELINE} "))
+    assert " 0.42 " in pipeline_row
