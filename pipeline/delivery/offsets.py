@@ -73,13 +73,15 @@ class OffsetBook:
         return first, end, pending
 
     def plan(self, items: Sequence[Item]) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-        """The round's commits (per partition, only where the round moved it) and rewinds (where each
-        partition must be read again from: its first offset not done)."""
+        """The round's commits (per partition, only where the round moved it past the last commit this book
+        saw: a round read again from below it never commits backwards) and rewinds (where each partition
+        must be read again from: its first offset not done)."""
         first, end, pending = self._spans(items)
         commits: dict[TopicPartition, int] = {}
+        committed = self._committed
         for tp, least in first.items():
             commit = pending.get(tp, end[tp])
-            if commit > least:
+            if commit > least and commit > committed.get(tp, -1):
                 commits[tp] = commit
         return commits, pending
 

@@ -23,7 +23,9 @@ One round:
                     -> spend no attempt: those events are rewound and wait
   failures          -> each event to its next retry tier, or to the DLQ (fatal, retries spent, undecodable)
   commit            -> per partition up to the first event not done; the rest is rewound, and what is done
-                       above it is remembered so it is not written or produced again
+                       above it is remembered so it is not written or produced again. The commit goes out
+                       while the next round fetches and writes (one in flight, in order; a failed one is
+                       sent again with the next); a revocation and a stop wait for it
 Any exception between the fetch and the commit rewinds the whole round (what is done is skipped when read again).
 """
 
@@ -38,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
 from pipeline import headers as h
 from pipeline.config import KafkaSettings
@@ -120,6 +122,8 @@ class SinkRunner:
         self.route_backoff = Backoff(settings.retry, cap_s=route_cap)
         self.lock = asyncio.Lock()
         self.consumer: DeliveryConsumer | None = None
+        self._committing: asyncio.Task[None] | None = None  # the last round's commit, in flight
+        self._unsent: dict[TopicPartition, int] = {}  # offsets of a commit that failed: sent with the next
 
     def is_tier(self, topic: str) -> bool:
         """A retry tier of this sink, of the current retry policy or an earlier one."""
@@ -149,6 +153,7 @@ class SinkRunner:
         finally:
             self.consumer = None
             self.status.set_open_state("stopped")
+            await self.settle_commit()
             await consumer.stop()
             await self.sink.close()
 
@@ -210,9 +215,13 @@ class SinkRunner:
             if fetched:
                 async with self.lock:
                     await self._deliver(consumer, fetched)
+            elif self._unsent:
+                async with self.lock:
+                    await self._commit(consumer, fetched)
         except Exception:
             # Something unforeseen (a fetch error, a bug): commit nothing more, read again what is not done.
             log.exception("delivery round failed; its events stay in Kafka", sink=self.name, events=len(fetched))
+            await self.settle_commit()  # read again from what the commit in flight leaves, not from before it
             self._rewind(consumer, self.book.everything(fetched))
             await self.sleep(IDLE_POLL_S)
 
@@ -347,21 +356,31 @@ class SinkRunner:
         )
 
     async def _commit(self, consumer: DeliveryConsumer, fetched: list[Item]) -> None:
-        assigned = consumer.assignment()
+        """Rewind what is not done, and send the commit of what is (with any that failed before) once the
+        previous one is answered; the next round does not wait for it."""
         planned, rewinds = self.book.plan(fetched)
-        commits = {tp: offset for tp, offset in planned.items() if tp in assigned}
-        if commits:
-            try:
-                await consumer.commit(commits)
-            except (CommitFailedError, KafkaError) as exc:
-                # Read again (what is done is remembered, not written again): by this consumer for the
-                # partitions it still has, so their commit does not wait for new traffic, by the new owner
-                # for the others.
-                log.warning("commit failed; events will be read again", sink=self.name, error=str(exc))
-                rewinds = {**self.book.everything(fetched), **rewinds}
-            else:
-                self.book.committed(commits)
         self._rewind(consumer, rewinds)
+        await self.settle_commit()
+        assigned = consumer.assignment()
+        commits = {tp: offset for tp, offset in {**self._unsent, **planned}.items() if tp in assigned}
+        self._unsent = {}
+        if commits:
+            self._committing = asyncio.create_task(self._send_commit(consumer, commits), name=f"commit-{self.name}")
+
+    async def _send_commit(self, consumer: DeliveryConsumer, commits: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(commits)
+        except Exception as exc:  # kept and sent again; what is done stays remembered meanwhile
+            log.warning("commit failed; it is sent again with the next", sink=self.name, error=str(exc))
+            self._unsent = {**commits, **self._unsent}
+        else:
+            self.book.committed(commits)
+
+    async def settle_commit(self) -> None:
+        """Wait for the commit in flight (a revocation and a stop do, before the partitions move)."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await asyncio.shield(committing)
 
     # -- positions ---------------------------------------------------------------------------------
 
@@ -378,7 +397,8 @@ class SinkRunner:
                 self._seek(consumer, tp, offset)
 
     def forget(self, tps: set[TopicPartition]) -> None:
-        """Partitions revoked: their holds, memory and expected offsets go with them."""
+        """Partitions revoked: their holds, memory, expected offsets and unsent commits go with them."""
+        self._unsent = {tp: offset for tp, offset in self._unsent.items() if tp not in tps}
         self.pausing.forget(tps)
         self.book.forget(tps)
         for tp in tps:
@@ -398,6 +418,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Let the batch in hand finish (written, routed and committed) before the partitions move.
         async with self.runner.lock:
+            await self.runner.settle_commit()
             self.runner.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:

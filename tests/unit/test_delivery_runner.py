@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from pipeline import headers as h
 from pipeline.config import ConfigError, KafkaSettings, load_settings
 from pipeline.delivery.consumer import ROUTE_ATTEMPTS, check_poll_interval, max_poll_interval_ms, round_budget_s
+from pipeline.delivery.runner import _Listener
 from pipeline.delivery.supervisor import RunnerCrashLoop, supervise
 from pipeline.observability.metrics import REGISTRY
 from pipeline.reliability.breaker import BreakerState, CircuitBreaker
@@ -362,3 +363,55 @@ async def test_crashes_spread_out_in_time_are_restarted() -> None:
 
     await supervise("fake", sometimes, max_crashes=3, window_s=150, clock=lambda: now[0], sleep=no_sleep)
     assert runs == 6
+
+
+async def test_the_next_round_fetches_and_writes_while_a_commit_is_in_flight_and_a_revocation_waits_for_it() -> None:
+    r = rig(partitions=1, batch_size=2)
+    tp = TopicPartition(r.main, 0)
+    fill(r, 2, partitions=1)
+    answer = asyncio.Event()
+    sent: list[dict[TopicPartition, int]] = []
+    commit = r.consumer.commit
+
+    async def slow_commit(offsets: Any) -> None:
+        sent.append(dict(offsets))
+        await answer.wait()
+        await commit(offsets)
+
+    r.consumer.commit = slow_commit  # type: ignore[method-assign]
+    await asyncio.wait_for(r.runner.step(), 5)  # written; its commit goes out and is not answered
+    await asyncio.sleep(0)
+    assert sent == [{tp: 2}] and r.consumer.commits.get(tp) is None and len(r.sink.written) == 2
+    r.log.append(tp, *event(7), [])
+    r.log.append(tp, *event(8), [])
+    round_two = asyncio.create_task(r.runner.step())
+    for _ in range(100):  # the second round writes while the first commit waits for its answer
+        if len(r.sink.written) == 4:
+            break
+        await asyncio.sleep(0)
+    assert len(r.sink.written) == 4 and sent == [{tp: 2}], "the next round waited for the commit"
+    assert not round_two.done(), "a second commit went out before the first was answered"
+    revoked = asyncio.create_task(_Listener(r.runner).on_partitions_revoked({tp}))
+    await asyncio.sleep(0)
+    answer.set()
+    await asyncio.wait_for(round_two, 5)
+    await asyncio.wait_for(revoked, 5)
+    assert r.consumer.commits[tp] == 4 and sent == [{tp: 2}, {tp: 4}], "commits in order, the revocation after"
+
+
+async def test_a_failed_commit_is_sent_again_with_the_next_and_an_idle_round_sends_it() -> None:
+    calls = Counter[str]()
+
+    def first_commit_fails(call: str) -> BaseException | None:
+        calls[call] += 1
+        return KafkaError("coordinator moved") if call == "commit" and calls[call] == 1 else None
+
+    r = rig(partitions=1, consumer_faults=first_commit_fails)
+    tp = TopicPartition(r.main, 0)
+    fill(r, 3, partitions=1)
+    await r.runner.step()
+    await r.runner.settle_commit()
+    assert r.consumer.commits.get(tp) is None and calls["commit"] == 1
+    await r.runner.step()  # nothing new to read: the round sends the commit that failed
+    await r.runner.settle_commit()
+    assert r.consumer.commits[tp] == 3 and len(r.sink.written) == 3, "written once, committed by the retry"

@@ -55,3 +55,14 @@ def test_commits_and_rewinds_follow_the_rule(
     book.committed(want_commits)
     for i in items:
         assert book.is_done(i) == ((i.tp, i.offset) in done and i.offset >= want_commits.get(i.tp, -1))
+
+
+def test_a_round_read_again_from_below_the_last_commit_never_commits_backwards() -> None:
+    book, tp = OffsetBook(), TPS[0]
+    book.committed({tp: 10})
+    again = [item(tp, 4), item(tp, 5)]  # read again from a rewind planned before the commit of 10 landed
+    book.mark_done(again)
+    assert book.plan(again) == ({}, {})
+    later = [item(tp, 10), item(tp, 11)]
+    book.mark_done(later)
+    assert book.plan(later) == ({tp: 12}, {})
