@@ -138,10 +138,10 @@ _STAMP = b"%d" % STAMP
 
 @dataclass(frozen=True, slots=True)
 class Scripted:
-    """One message of a prepared live mix, its value cut where its publish time goes: `head + stamp + tail`,
-    or `head` alone when it carries none (`origin` -1). `origin` is the unique event whose publish time it
-    carries (a duplicate carries its original's); `new` marks that unique event's own message, whose send
-    fixes the time."""
+    """One message of a prepared live mix, its value cut where its publish time goes: `head + stamp + tail`
+    (the tail and the stamp empty when it carries none: `origin` -1). `origin` is the unique event whose
+    publish time it carries (a duplicate carries its original's); `new` marks the message of a unique event
+    that carries one: its send fixes the time."""
 
     key: bytes
     head: bytes
@@ -150,7 +150,7 @@ class Scripted:
     new: bool
 
     def value(self, stamp: bytes) -> bytes:
-        return self.head if self.origin < 0 else self.head + stamp + self.tail
+        return self.head + stamp + self.tail
 
 
 def script(mix: LiveMix, total: int, *, measured_from: int) -> list[Scripted]:
@@ -162,7 +162,7 @@ def script(mix: LiveMix, total: int, *, measured_from: int) -> list[Scripted]:
         body, value, new = mix.next(STAMP if mix.sent >= measured_from else None)
         key = str(body["source"]).encode()
         if "sent_at_ms" not in body["payload"]:
-            prepared.append(Scripted(key, value, b"", -1, new))
+            prepared.append(Scripted(key, value, b"", -1, False))
             continue
         head, stamp, tail = value.partition(_STAMP)
         if not stamp or _STAMP in tail:

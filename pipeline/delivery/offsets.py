@@ -5,8 +5,8 @@ commit is the first offset of the round that is not done (or the offset after th
 everything fetched from there on is rewound. Offsets done above the commit are remembered, so that on
 the next round they are neither written again nor produced again (an unwritable DLQ must not make every
 good event of the batch reach the sink again). A failed write whose retry tier or DLQ produce failed is
-remembered with its error, so the next round only routes it. The memory of a partition goes when it is
-committed past or revoked.
+remembered with its error, so the next round only routes it. A commit that was sent and failed is owed: it
+goes out again with the next. The memory of a partition goes when it is committed past or revoked.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class OffsetBook:
         self._done: dict[TopicPartition, set[int]] = {}
         self._unrouted: dict[TopicPartition, dict[int, SinkError]] = {}
         self._committed: dict[TopicPartition, int] = {}  # the last offset this book saw committed
+        self._owed: dict[TopicPartition, int] = {}  # commits sent that failed: they go out with the next
 
     def is_done(self, item: Item) -> bool:
         return item.offset in self._done.get(item.tp, ())
@@ -94,9 +95,19 @@ class OffsetBook:
             out[item.tp] = min(out.get(item.tp, item.offset), item.offset)
         return {tp: max(offset, self._committed.get(tp, offset)) for tp, offset in out.items()}
 
+    def failed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """A commit of `offsets` failed: owe it (a later owed offset of a partition stays)."""
+        for tp, offset in offsets.items():
+            self._owed[tp] = max(offset, self._owed.get(tp, offset))
+
+    def owed(self) -> dict[TopicPartition, int]:
+        return dict(self._owed)
+
     def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
             self._committed[tp] = offset
+            if self._owed.get(tp, offset) <= offset:
+                self._owed.pop(tp, None)
             done = self._done.get(tp)
             if done:
                 self._done[tp] = {o for o in done if o >= offset}
@@ -109,6 +120,7 @@ class OffsetBook:
             self._done.pop(tp, None)
             self._unrouted.pop(tp, None)
             self._committed.pop(tp, None)
+            self._owed.pop(tp, None)
 
     def remembered(self) -> int:
         return sum(len(v) for v in self._done.values()) + sum(len(v) for v in self._unrouted.values())

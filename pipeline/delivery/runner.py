@@ -123,7 +123,6 @@ class SinkRunner:
         self.lock = asyncio.Lock()
         self.consumer: DeliveryConsumer | None = None
         self._committing: asyncio.Task[None] | None = None  # the last round's commit, in flight
-        self._unsent: dict[TopicPartition, int] = {}  # offsets of a commit that failed: sent with the next
 
     def is_tier(self, topic: str) -> bool:
         """A retry tier of this sink, of the current retry policy or an earlier one."""
@@ -215,7 +214,7 @@ class SinkRunner:
             if fetched:
                 async with self.lock:
                     await self._deliver(consumer, fetched)
-            elif self._unsent:
+            elif self.book.owed():
                 async with self.lock:
                     await self._commit(consumer, fetched)
         except Exception:
@@ -362,8 +361,7 @@ class SinkRunner:
         self._rewind(consumer, rewinds)
         await self.settle_commit()
         assigned = consumer.assignment()
-        commits = {tp: offset for tp, offset in {**self._unsent, **planned}.items() if tp in assigned}
-        self._unsent = {}
+        commits = {tp: offset for tp, offset in {**self.book.owed(), **planned}.items() if tp in assigned}
         if commits:
             self._committing = asyncio.create_task(self._send_commit(consumer, commits), name=f"commit-{self.name}")
 
@@ -372,7 +370,7 @@ class SinkRunner:
             await consumer.commit(commits)
         except Exception as exc:  # kept and sent again; what is done stays remembered meanwhile
             log.warning("commit failed; it is sent again with the next", sink=self.name, error=str(exc))
-            self._unsent = {**commits, **self._unsent}
+            self.book.failed(commits)
         else:
             self.book.committed(commits)
 
@@ -397,8 +395,7 @@ class SinkRunner:
                 self._seek(consumer, tp, offset)
 
     def forget(self, tps: set[TopicPartition]) -> None:
-        """Partitions revoked: their holds, memory, expected offsets and unsent commits go with them."""
-        self._unsent = {tp: offset for tp, offset in self._unsent.items() if tp not in tps}
+        """Partitions revoked: their holds, memory, owed commits and expected offsets go with them."""
         self.pausing.forget(tps)
         self.book.forget(tps)
         for tp in tps:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -324,7 +324,12 @@ def test_the_pipelines_ratios_are_of_the_median_of_its_drains() -> None:
     assert r["reliability_cost"] == pytest.approx(1 - 800.0 / 860.0)
 
 
-def test_the_hosts_stolen_cpu_is_read_from_proc_stat_and_shown_beside_each_result() -> None:
+def test_the_hosts_stolen_cpu_is_read_from_proc_stat_and_shown_beside_each_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import bench.procs
     from bench.procs import Steal, stolen_cpu_seconds
 
     ticks = os.sysconf("SC_CLK_TCK")
@@ -332,8 +337,14 @@ def test_the_hosts_stolen_cpu_is_read_from_proc_stat_and_shown_beside_each_resul
     assert stolen_cpu_seconds(stat) == 3.0  # the first line: all CPUs together
     assert stolen_cpu_seconds("cpu  1 2 3 4\n") is None  # a kernel without the steal column
     assert stolen_cpu_seconds("intr 1 2 3 4 5 6 7 8 9\n") is None
-    stolen = Steal().cores()
-    assert stolen is None or stolen >= 0
+    readings: Iterator[float | None] = iter([10.0, 11.5])
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(bench.procs, "stolen_cpu_seconds", lambda: next(readings))
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    assert Steal().cores() == 0.75  # 1.5 CPU seconds stolen in 2 s of wall time
+    readings, clock = iter([None, 11.5]), iter([0.0, 1.0])
+    assert Steal().cores() is None  # not reported: no figure, not zero
+    monkeypatch.undo()
     results = healthy()
     results.drains[PIPELINE].steal_cores = 0.42
     results.latency_runs = [

@@ -66,3 +66,14 @@ def test_a_round_read_again_from_below_the_last_commit_never_commits_backwards()
     later = [item(tp, 10), item(tp, 11)]
     book.mark_done(later)
     assert book.plan(later) == ({tp: 12}, {})
+
+
+def test_a_failed_commit_is_owed_until_a_commit_reaches_it_or_the_partition_goes() -> None:
+    book, (one, two, _) = OffsetBook(), TPS
+    book.failed({one: 5, two: 3})
+    book.failed({one: 4})  # an older offset never lowers what is owed
+    assert book.owed() == {one: 5, two: 3}
+    book.committed({one: 5})
+    assert book.owed() == {two: 3}
+    book.forget([two])
+    assert book.owed() == {}
