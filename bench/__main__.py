@@ -5,15 +5,15 @@
     make bench ARGS="--only drain,latency"       # some parts: drain, reliability, scaleout, latency, rss, profile
     make bench ARGS="--check"                    # exit 1 when a target is missed
 
-Parts (each contender on its own topics, consumer groups and table; every stage has a timeout):
+Parts (each contender on its own topics, consumer groups and table; every stage has a timeout; every
+pipeline worker runs with the product's defaults, and --worker-env NAME=VALUE gives them all a setting):
   drain        the pipeline worker, the bare loop and the naive Faust agent drain the same backlog
   reliability  the pipeline again with breakers and retry tiers off (TSDB_BREAKER_ENABLED=false,
                TSDB_MAX_RETRIES=0): what the machinery costs on the healthy path; both sides drained
                --reliability-runs times (3), alternating, and compared by their medians
   scaleout     1, 2 and 3 (--workers) pipeline workers of one app form their groups, then drain the same
                backlog: each drain rate and its ratio to the 1-worker drain (needs --partitions >= the most
-               workers); --sink-rtt-ms adds a round trip before PostgreSQL (a remote database),
-               --scaleout-env NAME=VALUE a setting for every worker
+               workers); --sink-rtt-ms adds a round trip before PostgreSQL (a remote database)
   latency      publish -> row at half the pipeline's drain rate (the median of its drains), in the backlog's
                mix (--duplicates of the events re-serialised copies of recent ones), after --latency-warmup
                seconds at that rate (not measured); --latency-runs runs, checked on the median p99
@@ -79,11 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="scaleout: reach PostgreSQL through a proxy adding this round trip, a remote database (0: none)",
     )
     p.add_argument(
-        "--scaleout-env",
+        "--worker-env",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="scaleout: a setting for every worker, e.g. DEDUPE_STANDBY_REPLICAS=0 (repeatable)",
+        help="a setting for every pipeline worker of every part, e.g. DEDUPE_STANDBY_REPLICAS=0 (repeatable)",
     )
     p.add_argument(
         "--reliability-runs",
@@ -131,9 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         p.error(f"--workers takes comma-separated counts, not {args.workers!r}")
     try:
-        args.scaleout_env = dict(item.split("=", 1) for item in args.scaleout_env)
+        args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
     except ValueError:
-        p.error("--scaleout-env takes NAME=VALUE")
+        p.error("--worker-env takes NAME=VALUE")
     if "scaleout" in args.parts:
         if not args.workers or args.workers[0] != 1:
             p.error("--workers must start at 1: the ratios are to the 1-worker drain")
@@ -156,6 +156,7 @@ def meta(args: argparse.Namespace, run: runs.Run) -> dict[str, object]:
         "partitions": args.partitions,
         "parts": args.parts,
         "scaleout_workers": args.workers if "scaleout" in args.parts else None,
+        "worker_env": args.worker_env,
         "cpus": os.cpu_count(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
@@ -199,9 +200,7 @@ async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp
                     results.repeats[name].append(None if d.error else d.rate)
                     drained(f"{name} (run {n})", d)
     if backlog is not None and "scaleout" in parts:
-        results.scaleout = await runs.scaleout(
-            run, backlog, args.workers, sink_rtt_ms=args.sink_rtt_ms, env=args.scaleout_env
-        )
+        results.scaleout = await runs.scaleout(run, backlog, args.workers, sink_rtt_ms=args.sink_rtt_ms)
     if "latency" in parts:
         maximum = results.rate_of(PIPELINE) if PIPELINE in results.drains else None
         rate = args.latency_rate or (maximum / 2 if maximum else None)
@@ -242,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     stack = open_stack()
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
-    run = runs.Run(stack, workdir, args.events, args.duplicates, args.partitions, args.stage_timeout)
+    run = runs.Run(
+        stack, workdir, args.events, args.duplicates, args.partitions, args.stage_timeout, worker_env=args.worker_env
+    )
     results = Results(meta=meta(args, run))
     targets = Targets()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

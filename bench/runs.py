@@ -46,9 +46,10 @@ class Run:
     partitions: int = 6
     stage_timeout: float | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    worker_env: dict[str, str] = field(default_factory=dict)  # --worker-env: for every pipeline worker
 
     def lane(self, name: str) -> Lane:
-        return Lane(self.run_id, name, self.partitions, self.workdir)
+        return Lane(self.run_id, name, self.partitions, self.workdir, self.worker_env)
 
     def timeout(self, events: int) -> float:
         """A stage's budget: room for start-up and a drain down to about 300 events/s."""
@@ -240,7 +241,6 @@ async def scaleout(
     workers: Sequence[int],
     *,
     sink_rtt_ms: float = 0.0,
-    env: dict[str, str] | None = None,
 ) -> Scaleout:
     """For each count in `workers`, a lane of its own (topics, group, table) pre-filled with the backlog, then
     that many `pipeline worker` processes of the lane's app, each with its own data directory, started
@@ -248,21 +248,21 @@ async def scaleout(
     `join_first`) and timed from the lane's first row to its last unique row as `drain` is. With `sink_rtt_ms`, the
     workers reach PostgreSQL through a proxy that delays each direction by half of it: a remote database,
     where a worker's writes wait on round trips rather than on cores."""
-    result = Scaleout(partitions=run.partitions, sink_rtt_ms=sink_rtt_ms, env=dict(env or {}))
+    result = Scaleout(partitions=run.partitions, sink_rtt_ms=sink_rtt_ms, env=dict(run.worker_env))
     where = f" (sink round trip {sink_rtt_ms:g} ms)" if sink_rtt_ms else ""
     for n in workers:
         print(f"bench: draining {backlog.events:,} events with {n} pipeline worker(s){where} ...", flush=True)
-        result.drains[n] = await _scaleout_lane(run, backlog, n, sink_rtt_ms, env or {})
+        result.drains[n] = await _scaleout_lane(run, backlog, n, sink_rtt_ms)
         d = result.drains[n]
         drained(f"{n} worker(s)", d)
     return result
 
 
-async def _scaleout_lane(run: Run, backlog: Backlog, n: int, sink_rtt_ms: float, env: dict[str, str]) -> Drain:
+async def _scaleout_lane(run: Run, backlog: Backlog, n: int, sink_rtt_ms: float) -> Drain:
     lane = run.lane(f"scaleout-{n}")
     result = Drain(contender=f"{PIPELINE}x{n}", events=backlog.events, unique=backlog.unique)
     proxy = None
-    overrides = dict(env)
+    overrides: dict[str, str] = {}
     if sink_rtt_ms:
         proxy = await FaultProxy.before(run.stack.dsn).start()
         proxy.set("slow", delay=sink_rtt_ms / 2000)

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class Lane:
     name: str
     partitions: int
     workdir: Path
+    # Settings every pipeline worker of the run gets (`--worker-env`), over the defaults below.
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -112,6 +114,7 @@ class Lane:
             "LOG_LEVEL": "INFO",
             "PIPELINE_CONFIG": "",
         }
+        env.update(self.env)
         env.update(overrides)
         return env
 

@@ -7,7 +7,6 @@ import dataclasses
 import sys
 import time
 import types
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from pipeline.topics import (
     load_topics,
     plan_topics,
 )
+from tests.leftovers import new_uid
 
 REPO_TOPICS = Path(pipeline.__file__).resolve().parents[1] / "topics.yaml"
 WEEK_MS = "604800000"
@@ -614,7 +614,7 @@ async def admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
 
 @pytest.fixture
 def unique_vars() -> Iterator[TopicVars]:
-    u = uuid.uuid4().hex[:10]
+    u = new_uid()
     yield TopicVars(
         ingest_topic=f"t{u}.ingest",
         app_id=f"t{u}-app",

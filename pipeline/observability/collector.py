@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.config import KafkaSettings, Settings
 from pipeline.observability import metrics
-from pipeline.observability.lag import lag_seconds, partition_lag
+from pipeline.observability.lag import lag_seconds, metadata_of, partition_lag
 from pipeline.topics import TopicCatalog
 
 log = structlog.get_logger("pipeline.metrics")
@@ -258,7 +258,7 @@ class LagCollector:
     async def _collect(self) -> Snapshot:
         admin, consumer = await self._clients()
         topics = sorted({t for w in self.watched for t in w.topics} | set(self.dlqs))
-        await consumer._client.force_metadata_update()
+        await metadata_of(consumer, topics)
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         highs = await consumer.end_offsets(tps) if tps else {}
         lows = await consumer.beginning_offsets(tps) if tps else {}
@@ -319,7 +319,9 @@ class LagCollector:
                         left.discard(tp)
                         consumer.pause(tp)
         finally:
-            consumer.assign([])
+            # Paused, not unassigned: a consumer with no assignment tracks no topic, and aiokafka asks the
+            # brokers for every topic of the cluster at once (see metadata_of).
+            consumer.pause(*consumer.assignment())
         return found
 
     # -- the gauges --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ The lag math itself (`partition_lag`, `lag_seconds`) is pure."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,6 +27,21 @@ def lag_seconds(lag: int, next_timestamp_ms: int | None, now_ms: int) -> float |
     if next_timestamp_ms is None or next_timestamp_ms < 0:
         return None
     return max(0.0, (now_ms - next_timestamp_ms) / 1000)
+
+
+async def metadata_of(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> None:
+    """Refresh `consumer`'s metadata for `topics` only, and keep its periodic refresh to them.
+
+    A client that tracks no topic (a consumer with no subscription or assignment) asks the brokers for every
+    topic of the cluster: on a cluster of thousands of partitions that response is decoded in Python on the
+    loop that runs it (a worker's, for the metrics collector). Asked by name, a missing topic is created on a
+    broker with ``auto.create.topics.enable``, as the worker's own consumers of these topics would; the
+    one-off tools below ask for every topic instead, so that they never create one."""
+    if not topics:
+        return
+    client = consumer._client
+    client.set_topics(list(topics))
+    await client.force_metadata_update()
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

@@ -9,7 +9,6 @@ One worker run (module fixture) serves the tests below; each checks one promise.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,6 +21,7 @@ from pipeline.events import parse_event
 from pipeline.observability.lag import group_lag
 from tests.e2e.conftest import Stack
 from tests.e2e.events_gen import event
+from tests.leftovers import new_uid
 from tests.support import Record, count_rows, fetch, poll, produce, read_topic, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -85,7 +85,7 @@ class Outcome:
 async def outcome(
     kafka_bootstrap: str, postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Outcome]:
-    stack = Stack(kafka_bootstrap, postgres_dsn, uuid.uuid4().hex[:10], Path(tmp_path_factory.mktemp("hostile")))
+    stack = Stack(kafka_bootstrap, postgres_dsn, new_uid(), Path(tmp_path_factory.mktemp("hostile")))
     try:
         assert run_cli("topics", "apply", env=stack.env()).returncode == 0
         messages: list[tuple[int | None, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []

@@ -256,10 +256,10 @@ def test_profile_summary_ranks_own_and_cumulative_time_below_the_loop_dispatch()
 def test_a_remote_sink_scaleout_says_its_round_trip_and_settings_and_drops_the_cpu_caveat(tmp_path: Path) -> None:
     from bench.__main__ import parse_args
 
-    args = parse_args(["--only", "scaleout", "--sink-rtt-ms", "200", "--scaleout-env", "DEDUPE_STANDBY_REPLICAS=1"])
-    assert args.sink_rtt_ms == 200 and args.scaleout_env == {"DEDUPE_STANDBY_REPLICAS": "1"}
+    args = parse_args(["--only", "scaleout", "--sink-rtt-ms", "200", "--worker-env", "DEDUPE_STANDBY_REPLICAS=1"])
+    assert args.sink_rtt_ms == 200 and args.worker_env == {"DEDUPE_STANDBY_REPLICAS": "1"}
     with pytest.raises(SystemExit):
-        parse_args(["--only", "scaleout", "--scaleout-env", "NOEQUALS"])
+        parse_args(["--only", "scaleout", "--worker-env", "NOEQUALS"])
     scale = scaled()
     scale.sink_rtt_ms, scale.env = 200.0, {"DEDUPE_STANDBY_REPLICAS": "1"}
     results = Results(meta={"events": 1000, "partitions": 6, "cpus": 2}, scaleout=scale)
