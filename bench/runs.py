@@ -21,6 +21,7 @@ from bench.procs import Child, Steal
 from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout, drained
 from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
 from pipeline.config import load_settings
+from pipeline.devstack.kafka import free_port
 from pipeline.events import parse_event
 from pipeline.limits import ingest_message_bytes
 from pipeline.produce import BatchProducer, Record, partition_for
@@ -61,8 +62,8 @@ class Run:
 
 
 def pipeline_worker(run: Run, lane: Lane, tag: str = "worker", **overrides: str) -> Child:
-    """A `pipeline worker` of the lane's app, logging to `<lane dir>/<tag>.log`."""
-    env = child_env(lane.worker_env(run.stack, **overrides))
+    """A `pipeline worker` of the lane's app, logging to `<lane dir>/<tag>.log`, its web server on a free port."""
+    env = child_env(lane.worker_env(run.stack, **{"WEB_PORT": str(free_port()), **overrides}))
     argv = python("-m", "pipeline.cli.main", "worker")
     return Child(f"{lane.name}/{tag}", argv, env, lane.dir / f"{tag}.log", lane.dir)
 

@@ -97,7 +97,9 @@ class Lane:
         return self.workdir / self.name
 
     def worker_env(self, stack: Stack, **overrides: str) -> dict[str, str]:
-        """The environment of a `pipeline worker` for this lane: product defaults except names and logs."""
+        """The environment of a `pipeline worker` for this lane: product defaults except names and logs. The web
+        server and its metrics collector run, as in production (on loopback; each worker gets its port in
+        `bench.runs.pipeline_worker`)."""
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
             "PIPELINE_APP_ID": self.app_id,
@@ -109,7 +111,7 @@ class Lane:
             "TSDB_DSN": stack.dsn,
             "TSDB_TABLE": self.table,
             "PIPELINE_DATA_DIR": str(self.dir / "data"),
-            "WEB_ENABLED": "false",
+            "WEB_ENABLED": "true",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
             "PIPELINE_CONFIG": "",

@@ -356,3 +356,18 @@ def test_the_hosts_stolen_cpu_is_read_from_proc_stat_and_shown_beside_each_resul
     assert "each run's p99: 180 ms (steal 0.00), 600 ms (steal 0.61), 240 ms (steal 0.05)" in text
     pipeline_row = next(line for line in text.splitlines() if line.startswith(f"{PIPELINE} "))
     assert " 0.42 " in pipeline_row
+
+
+def test_bench_workers_run_as_deployed_with_the_runs_settings_and_a_web_port_each(tmp_path: Path) -> None:
+    from bench.runs import Run, pipeline_worker
+    from bench.stack import Stack
+    from pipeline.config import load_settings
+
+    run = Run(Stack("127.0.0.1:9", "postgresql://u@127.0.0.1:9/db"), tmp_path, worker_env={"INGEST_BATCH_SIZE": "7"})
+    lane = run.lane("latency")
+    first, second = (pipeline_worker(run, lane, f"worker-{n}") for n in range(2))
+    settings = load_settings(environ=first.env)
+    assert settings.web_enabled and settings.web_host == "127.0.0.1"  # the metrics collector runs, as in production
+    assert settings.ingest_batch_size == 7  # --worker-env reaches every worker of every part
+    assert first.env["WEB_PORT"] != second.env["WEB_PORT"]
+    assert pipeline_worker(run, lane, WEB_PORT="1234").env["WEB_PORT"] == "1234"
