@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -34,6 +35,7 @@ from pipeline.events import Rejection
 from pipeline.expiry_index import ExpiryIndex
 from pipeline.ingest import Origin, dead_letter
 from pipeline.observability import metrics
+from pipeline.pacing import CHUNK, Pacer
 from pipeline.produce import BatchProducer, Record
 
 log = structlog.get_logger("pipeline.dedupe")
@@ -147,28 +149,17 @@ def register(pipeline: Pipeline) -> None:
 
     async def expire_dedupe_entries() -> None:
         """Remove the entries of every time bucket older than the window (a sweep costs what expires). After
-        an assignment, entries restored from the changelog are filed first (one pass over the table)."""
+        an assignment, entries restored from the changelog are filed first (one pass over the table). Both
+        passes keep to a twentieth of the loop (pipeline.pacing): the agents go on meanwhile."""
         store = store_of(table)
         if refile.is_set():
             if not recovery_done(app):
                 return
             refile.clear()
             index.clear()
-            for n, (key, value) in enumerate(store.items()):
-                seen = Seen.from_json(value)
-                index.add(key, seen.first_seen_ms if seen is not None else 0)
-                if n % 1000 == 999:
-                    await asyncio.sleep(0)
-        now_ms = int(time.time() * 1000)
-        expired = 0
-        for n, key in enumerate(index.pop_due(now_ms=now_ms, window_ms=window_ms)):
-            seen = Seen.from_json(store.get(key))
-            if seen is not None and not is_expired(seen, now_ms=now_ms, window_ms=window_ms):
-                index.add(key, seen.first_seen_ms)  # forwarded again after it expired: filed anew
-            elif store.pop(key, None) is not None:
-                expired += 1
-            if n % 1000 == 999:
-                await asyncio.sleep(0)
+            if not await file_entries(index, store.items(), Pacer(), interrupted=refile.is_set):
+                return  # assigned again meanwhile: the next sweep starts over
+        expired = await sweep(index, store, int(time.time() * 1000), window_ms, Pacer())
         if expired:
             metrics.EXPIRED.inc(expired)
             log.info("dedupe entries expired", count=expired, window_sec=settings.idempotency_window_sec)
@@ -178,6 +169,36 @@ def register(pipeline: Pipeline) -> None:
         refile.set()
 
     app.timer(sweep_every, name="dedupe-expiry")(expire_dedupe_entries)
+
+
+async def file_entries(
+    index: ExpiryIndex, entries: Iterable[tuple[str, Any]], pacer: Pacer, *, interrupted: Callable[[], bool]
+) -> bool:
+    """File every (key, stored value) of `entries` in `index` by its first sighting, pausing every CHUNK
+    entries (`pacer`); False when `interrupted()` turned true at a pause (the pass stopped there)."""
+    for n, (key, value) in enumerate(entries):
+        seen = Seen.from_json(value)
+        index.add(key, seen.first_seen_ms if seen is not None else 0)
+        if n % CHUNK == CHUNK - 1:
+            await pacer.pause()
+            if interrupted():
+                return False
+    return True
+
+
+async def sweep(index: ExpiryIndex, store: Any, now_ms: int, window_ms: int, pacer: Pacer) -> int:
+    """Remove from `store` the entries of `index`'s due buckets that are still expired (one forwarded again
+    after it expired is filed anew), pausing every CHUNK keys; the number removed."""
+    expired = 0
+    for n, key in enumerate(index.pop_due(now_ms=now_ms, window_ms=window_ms)):
+        seen = Seen.from_json(store.get(key))
+        if seen is not None and not is_expired(seen, now_ms=now_ms, window_ms=window_ms):
+            index.add(key, seen.first_seen_ms)
+        elif store.pop(key, None) is not None:
+            expired += 1
+        if n % CHUNK == CHUNK - 1:
+            await pacer.pause()
+    return expired
 
 
 def _table_key(key: bytes | None) -> str | None:
