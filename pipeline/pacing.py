@@ -13,23 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 CHUNK = 1000  # entries between two pauses
 LOOP_SHARE = 0.05  # of the loop's time a background pass may take
 
 
 class Pacer:
-    def __init__(self, share: float = LOOP_SHARE) -> None:
+    def __init__(
+        self,
+        share: float = LOOP_SHARE,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         if not 0 < share <= 1:
             raise ValueError("share must be in (0, 1]")
         self.share = share
-        self._since = time.perf_counter()
+        self._clock, self._sleep = clock, sleep
+        self._since = clock()
         self.slept = 0.0  # seconds paused so far
 
     async def pause(self) -> None:
         """Sleep so that the work since the last pause is at most `share` of the time up to the next one."""
-        worked = time.perf_counter() - self._since
+        worked = self._clock() - self._since
         delay = worked * (1 - self.share) / self.share
         self.slept += delay
-        await asyncio.sleep(delay)
-        self._since = time.perf_counter()
+        await self._sleep(delay)
+        self._since = self._clock()

@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-import pipeline.pacing as pacing
 from agents.dedupe import file_entries, sweep
 from pipeline.expiry_index import ExpiryIndex
-from pipeline.pacing import CHUNK, Pacer
+from pipeline.pacing import CHUNK, LOOP_SHARE, Pacer
 
 
 class Clock:
@@ -25,17 +24,17 @@ class Clock:
         self.sleeps.append(delay)
         self.now += delay
 
+    def pacer(self, share: float = LOOP_SHARE) -> Pacer:
+        return Pacer(share, clock=self.perf_counter, sleep=self.sleep)
+
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(pacing.time, "perf_counter", c.perf_counter)
-    monkeypatch.setattr(pacing.asyncio, "sleep", c.sleep)
-    return c
+def clock() -> Clock:
+    return Clock()
 
 
 async def test_a_pause_sleeps_so_the_work_is_its_share_of_the_time(clock: Clock) -> None:
-    pacer = Pacer(share=0.1)
+    pacer = clock.pacer(share=0.1)
     clock.now += 0.02  # a chunk of 20 ms
     await pacer.pause()
     clock.now += 0.005
@@ -60,14 +59,14 @@ class SlowEntries:
 
 async def test_the_refile_pass_files_everything_at_a_twentieth_of_the_loop(clock: Clock) -> None:
     index = ExpiryIndex(bucket_ms=1000)
-    assert await file_entries(index, SlowEntries(clock, 3 * CHUNK + 5, 500), Pacer(), interrupted=lambda: False)
+    assert await file_entries(index, SlowEntries(clock, 3 * CHUNK + 5, 500), clock.pacer(), interrupted=lambda: False)
     assert len(index) == 3 * CHUNK + 5
     assert clock.sleeps == pytest.approx([19 * CHUNK / 1000] * 3)  # 1 s of work per chunk, then 19 s asleep
 
 
 async def test_the_refile_pass_stops_at_a_pause_when_assigned_again(clock: Clock) -> None:
     index = ExpiryIndex(bucket_ms=1000)
-    done = await file_entries(index, SlowEntries(clock, 5 * CHUNK, 500), Pacer(), interrupted=lambda: True)
+    done = await file_entries(index, SlowEntries(clock, 5 * CHUNK, 500), clock.pacer(), interrupted=lambda: True)
     assert not done and len(index) == CHUNK and len(clock.sleeps) == 1
 
 
@@ -80,6 +79,6 @@ async def test_a_sweep_removes_what_expired_pausing_every_chunk(clock: Clock) ->
     fresh = f"{10**6:064x}"
     store[fresh], clock.sleeps = {"t": 90_000, "p": 0, "o": 1}, []
     index.add(fresh, 500)  # filed at 500 but forwarded again at 90,000: not expired
-    removed = await sweep(index, store, now_ms=100_000, window_ms=60_000, pacer=Pacer())
+    removed = await sweep(index, store, now_ms=100_000, window_ms=60_000, pacer=clock.pacer())
     assert removed == 2 * CHUNK + 1 and list(store) == [fresh] and len(index) == 1
     assert len(clock.sleeps) == 2
