@@ -151,15 +151,15 @@ def register(pipeline: Pipeline) -> None:
         """Remove the entries of every time bucket older than the window (a sweep costs what expires). After
         an assignment, entries restored from the changelog are filed first (one pass over the table). Both
         passes keep to a twentieth of the loop (pipeline.pacing): the agents go on meanwhile."""
-        store = store_of(table)
+        store, pacer = store_of(table), Pacer()
         if refile.is_set():
             if not recovery_done(app):
                 return
             refile.clear()
             index.clear()
-            if not await file_entries(index, store.items(), Pacer(), interrupted=refile.is_set):
+            if not await file_entries(index, store.items(), pacer, interrupted=refile.is_set):
                 return  # assigned again meanwhile: the next sweep starts over
-        expired = await sweep(index, store, int(time.time() * 1000), window_ms, Pacer())
+        expired = await sweep(index, store, int(time.time() * 1000), window_ms, pacer)
         if expired:
             metrics.EXPIRED.inc(expired)
             log.info("dedupe entries expired", count=expired, window_sec=settings.idempotency_window_sec)

@@ -2,11 +2,12 @@
 
 Every test names its topics, consumer groups, tables, schemas and roles after a unique id (`new_uid`). On
 the session's own broker and server nothing needs removing (they go with the session); on an external one
-(``KAFKA_BOOTSTRAP_SERVERS``, ``POSTGRES_DSN``, e.g. a developer's devstack or a shared cluster) a full
-run would leave over a thousand topics and a hundred tables, so when the session ends `remove` deletes
-every topic, and drops every schema, table and role, whose name holds one of the session's ids, and
-nothing else. Consumer groups stay: aiokafka has no call to delete them, and the broker expires an empty
-group's offsets after ``offsets.retention.minutes`` (7 days by default).
+(``KAFKA_BOOTSTRAP_SERVERS``, ``POSTGRES_DSN``, e.g. a developer's devstack or a shared cluster) every run
+left its topics and tables behind (a devstack held about 1,200 topics and 100 tables from earlier runs), so
+when the session ends `remove_topics` deletes every topic, and `remove_relations` drops every schema, table
+and role, whose name holds one of the session's ids, and nothing else. Consumer groups stay: aiokafka has
+no call to delete them, and the broker expires an empty group's offsets after ``offsets.retention.minutes``
+(7 days by default).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _SESSION_UIDS: set[str] = set()
 
 
 def new_uid() -> str:
-    """A short unique id for one test's names (topic prefix, app id, table), remembered for `remove`."""
+    """A short unique id for one test's names (topic prefix, app id, table), remembered for the removal."""
     uid = uuid.uuid4().hex[:10]
     _SESSION_UIDS.add(uid)
     return uid

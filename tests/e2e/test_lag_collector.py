@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.config import KafkaSettings
 from pipeline.observability.collector import LagCollector, Watched
-from tests.leftovers import new_uid, remove_topics
+from tests.leftovers import new_uid
 
 
 async def test_a_collect_measures_lag_and_asks_for_its_topics_only(kafka_bootstrap: str) -> None:
@@ -56,5 +56,4 @@ async def test_a_collect_measures_lag_and_asks_for_its_topics_only(kafka_bootstr
     finally:
         await collector.close()
         await producer.stop()
-        await admin.close()
-        await remove_topics(kafka_bootstrap, {uid})
+        await admin.close()  # the topics go with the session (tests.leftovers)
