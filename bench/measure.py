@@ -71,13 +71,15 @@ class Table:
             points.append((round((int(r["slot"]) + 1) * step, 3), total))
         return points
 
-    async def latencies(self) -> list[float]:
-        """Seconds from each row's publish time (payload.sent_at_ms) to its insert time."""
+    async def latencies(self) -> list[tuple[float, float]]:
+        """(publish time, seconds from it to the row's insert time) of each row with a publish time
+        (payload.sent_at_ms), in seconds."""
         records = await self.conn.fetch(
-            f"SELECT extract(epoch FROM ingested_at)::float8 - (payload->>'sent_at_ms')::float8 / 1000 AS s "
+            f"SELECT (payload->>'sent_at_ms')::float8 / 1000 AS sent, "
+            f"extract(epoch FROM ingested_at)::float8 - (payload->>'sent_at_ms')::float8 / 1000 AS s "
             f"FROM {self.name} WHERE payload ? 'sent_at_ms'"
         )
-        return [float(r["s"]) for r in records]
+        return [(float(r["sent"]), float(r["s"])) for r in records]
 
     async def hashes_present(self, hashes: list[str]) -> int:
         return int(await self.conn.fetchval(f"SELECT count(*) FROM {self.name} WHERE event_hash = ANY($1)", hashes))

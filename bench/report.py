@@ -66,6 +66,9 @@ class Latency:
     hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # bench.hops: ingest, dedupe, delivery
     cpu_s_per_1000: float | None = None  # the worker's CPU seconds per 1,000 events offered, warm-up included
     steal_cores: float | None = None  # CPU the hypervisor took from the host meanwhile, in cores (bench.procs)
+    # Per second of publish time (`per_second`): a miss from a slow spell shows as a few bad seconds, a
+    # worker that cannot keep up as a tail that grows second by second.
+    seconds_ms: list[dict[str, float]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -178,6 +181,39 @@ def latency_percentiles(latencies_s: list[float]) -> dict[str, float]:
         "p99.9": percentile(latencies_s, 0.999) * 1000,
         "max": max(latencies_s) * 1000,
     }
+
+
+def per_second(samples: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """(publish time, latency) pairs in seconds -> one entry per second of publish time, from the first:
+    `second` (offset), `events`, and the second's p50, p99 and max latency in ms."""
+    if not samples:
+        return []
+    start = math.floor(min(sent for sent, _ in samples))
+    by_second: dict[int, list[float]] = {}
+    for sent, latency in samples:
+        by_second.setdefault(int(sent - start), []).append(latency)
+    return [
+        {
+            "second": second,
+            "events": len(values),
+            "p50": round(percentile(values, 0.50) * 1000, 1),
+            "p99": round(percentile(values, 0.99) * 1000, 1),
+            "max": round(max(values) * 1000, 1),
+        }
+        for second, values in sorted(by_second.items())
+    ]
+
+
+def slow_seconds(seconds_ms: list[dict[str, float]], over_ms: float) -> str:
+    """What the report says of a run's seconds: how many had a p99 over `over_ms`, and the slowest one."""
+    if not seconds_ms:
+        return ""
+    worst = max(seconds_ms, key=lambda s: s["p99"])
+    over = sum(1 for s in seconds_ms if s["p99"] > over_ms)
+    return (
+        f"{over} of {len(seconds_ms)} seconds with p99 over {over_ms:g} ms; the slowest, +{worst['second']:.0f} s: "
+        f"p99 {worst['p99']:,.0f} ms, max {worst['max']:,.0f} ms"
+    )
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -330,12 +366,15 @@ def render(results: Results, targets: Targets) -> str:
         )
         for hop, values in lat.hops_ms.items():
             lines.append(f"  {hop} hop: " + ", ".join(f"{k} {v:.0f} ms" for k, v in values.items()))
+        if lat.seconds_ms:
+            lines.append(f"  per second: {slow_seconds(lat.seconds_ms, targets.p99_ms)}")
         if len(results.latency_runs) > 1:
             each = [
                 "failed"
                 if r.error
                 else _fmt(r.percentiles_ms.get("p99"), ".0f", " ms")
                 + ("" if r.steal_cores is None else f" (steal {r.steal_cores:.2f})")
+                + ("" if not r.seconds_ms else f" ({sum(1 for s in r.seconds_ms if s['p99'] > targets.p99_ms)} s over)")
                 for r in results.latency_runs
             ]
             lines.append(f"  (the run of the median p99 of {len(each)}; each run's p99: {', '.join(each)})")

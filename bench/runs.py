@@ -18,7 +18,7 @@ from bench.events import Backlog, LiveMix, Message, Scripted, compact, event, ma
 from bench.hops import hop_percentiles
 from bench.measure import Table, assignments, commits_settled, records, rereads, wait_groups_stable, wait_rows
 from bench.procs import Child, Steal
-from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout, drained
+from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout, drained, per_second
 from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
 from pipeline.config import load_settings
 from pipeline.devstack.kafka import free_port
@@ -319,9 +319,10 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0,
             cpu_after, result.steal_cores = child.cpu_seconds(), steal.cores()
             if cpu_before is not None and cpu_after is not None:
                 result.cpu_s_per_1000 = round((cpu_after - cpu_before) / (warm + total) * 1000, 4)
-            values = await table.latencies()
-            result.rows = len(values)
-            result.percentiles_ms = {k: round(v, 1) for k, v in _percentiles(values).items()}
+            samples = await table.latencies()
+            result.rows = len(samples)
+            result.percentiles_ms = {k: round(v, 1) for k, v in _percentiles([s for _, s in samples]).items()}
+            result.seconds_ms = per_second(samples)
             topics = (catalog.by_hash.name, catalog.sink(SINK).name)
             result.hops_ms = await hop_percentiles(run.stack.bootstrap, run.stack.dsn, lane.table, *topics)
     except (TimeoutError, RuntimeError) as exc:

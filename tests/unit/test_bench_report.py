@@ -26,6 +26,7 @@ from bench.report import (
     checks,
     latency_percentiles,
     median_latency,
+    per_second,
     percentile,
     ratios,
     render,
@@ -313,6 +314,26 @@ def test_the_latency_target_is_checked_on_the_run_of_the_median_p99() -> None:
     assert "each run's p99: 180 ms, 600 ms, 240 ms" in text
     results.latency_runs = [fast, slow, run(251)]
     assert by_name(results)["p99 latency at half max rate"] is False
+
+
+def test_a_latency_run_is_reported_per_second_of_publish_time() -> None:
+    # Second 0: 100 events at 0.1 s; second 1: 99 at 0.1 s and one at 2 s (its p99 is 0.1: nearest rank 99);
+    # second 3 (none in 2): 100 events at 1 s, a slow spell.
+    samples = [(1000.2, 0.1)] * 100 + [(1001.5, 0.1)] * 99 + [(1001.9, 2.0)] + [(1003.0, 1.0)] * 100
+    seconds = per_second(samples)
+    assert [(s["second"], s["events"], s["p99"], s["max"]) for s in seconds] == [
+        (0, 100, 100.0, 100.0),
+        (1, 100, 100.0, 2000.0),
+        (3, 100, 1000.0, 1000.0),
+    ]
+    assert per_second([]) == []
+    results = healthy()
+    assert results.latency is not None
+    results.latency.seconds_ms = seconds
+    text = render(results, Targets())
+    assert "per second: 1 of 3 seconds with p99 over 250 ms; the slowest, +3 s: p99 1,000 ms, max 1,000 ms" in text
+    results.latency_runs = [results.latency, Latency(offered_rate=500, seconds=30, percentiles_ms={"p99": 90})]
+    assert "(1 s over)" in render(results, Targets())
 
 
 def test_the_pipelines_ratios_are_of_the_median_of_its_drains() -> None:
