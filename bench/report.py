@@ -204,15 +204,19 @@ def per_second(samples: list[tuple[float, float]]) -> list[dict[str, float]]:
     ]
 
 
+def seconds_over(seconds_ms: list[dict[str, float]], over_ms: float) -> int:
+    """How many of a run's seconds (`per_second`) had a p99 over `over_ms`."""
+    return sum(1 for s in seconds_ms if s["p99"] > over_ms)
+
+
 def slow_seconds(seconds_ms: list[dict[str, float]], over_ms: float) -> str:
     """What the report says of a run's seconds: how many had a p99 over `over_ms`, and the slowest one."""
     if not seconds_ms:
         return ""
     worst = max(seconds_ms, key=lambda s: s["p99"])
-    over = sum(1 for s in seconds_ms if s["p99"] > over_ms)
     return (
-        f"{over} of {len(seconds_ms)} seconds with p99 over {over_ms:g} ms; the slowest, +{worst['second']:.0f} s: "
-        f"p99 {worst['p99']:,.0f} ms, max {worst['max']:,.0f} ms"
+        f"{seconds_over(seconds_ms, over_ms)} of {len(seconds_ms)} seconds with p99 over {over_ms:g} ms; "
+        f"the slowest, +{worst['second']:.0f} s: p99 {worst['p99']:,.0f} ms, max {worst['max']:,.0f} ms"
     )
 
 
@@ -374,7 +378,7 @@ def render(results: Results, targets: Targets) -> str:
                 if r.error
                 else _fmt(r.percentiles_ms.get("p99"), ".0f", " ms")
                 + ("" if r.steal_cores is None else f" (steal {r.steal_cores:.2f})")
-                + ("" if not r.seconds_ms else f" ({sum(1 for s in r.seconds_ms if s['p99'] > targets.p99_ms)} s over)")
+                + ("" if not r.seconds_ms else f" ({seconds_over(r.seconds_ms, targets.p99_ms)} s over)")
                 for r in results.latency_runs
             ]
             lines.append(f"  (the run of the median p99 of {len(each)}; each run's p99: {', '.join(each)})")
