@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pipeline.config import KafkaSettings, Settings
 from pipeline.dlq.errors import MissingTopic, UnknownSink
 from pipeline.dlq.records import DeadLetter
+from pipeline.dlq.stable_offsets import committed_stable
 from pipeline.limits import producer_request_bytes
 from pipeline.produce import acked_producer
 from pipeline.topics import TopicCatalog
@@ -151,15 +152,16 @@ class Span:
         return max(0, self.committed - self.log_start)
 
 
-async def spans(client: AIOKafkaConsumer, topic: str) -> list[Span]:
-    """The partitions of `topic` from the replay group's offset (the client's group; the log start when it
-    has none or it is below) to their end now."""
+async def spans(client: AIOKafkaConsumer, topic: str, group: str) -> list[Span]:
+    """The partitions of `topic` from `group`'s offset (read stable: never the one from before a replay's
+    transaction that has just committed; the log start when it has none or it is below) to their end now."""
     tps = (await partitions(client, [topic]))[topic]
     starts = await client.beginning_offsets(tps)
     ends = await client.end_offsets(tps)
+    offsets = await committed_stable(client, group, tps)
     result = []
     for tp in tps:
-        committed = await client.committed(tp)
+        committed = offsets.get(tp)
         begin = max(starts[tp], committed or 0)
         result.append(Span(tp, starts[tp], min(begin, ends[tp]), ends[tp]))
     return result

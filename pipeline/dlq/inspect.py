@@ -15,7 +15,7 @@ async def matching(settings: Settings, target: access.DlqTarget, flt: Filter, li
     found: list[DeadLetter] = []
     client = await access.start(access.consumer(settings.kafka, target.group, client="dlq-inspect"))
     try:
-        async for record in access.scan(client, await access.spans(client, target.dlq)):
+        async for record in access.scan(client, await access.spans(client, target.dlq, target.group)):
             if flt.matches(record):
                 found.append(record)
                 if limit is not None and len(found) >= limit:

@@ -170,7 +170,7 @@ async def _plan(
     try:
         needed = [target.dlq, summary.destination] + ([target.parked] if target.parked else [])
         await access.partitions(client, needed)
-        async for record in access.scan(client, await access.spans(client, target.dlq)):
+        async for record in access.scan(client, await access.spans(client, target.dlq, target.group)):
             if not request.flt.matches(record):
                 continue
             action = "park" if record.replay_count >= summary.cap else "resend"
@@ -201,7 +201,7 @@ async def _run(
     try:
         client = await access.start(access.consumer(settings.kafka, target.group, client="dlq-replay"))
         try:
-            ranges = [s for s in await access.spans(client, target.dlq) if s.tp in stops]
+            ranges = [s for s in await access.spans(client, target.dlq, target.group) if s.tp in stops]
             ranges = [access.Span(s.tp, s.log_start, s.committed, min(s.end, stops[s.tp])) for s in ranges]
             batch: list[DeadLetter] = []
             async for record in access.scan(client, ranges):

@@ -46,7 +46,7 @@ async def one_dlq_stats(settings: Settings, target: access.DlqTarget) -> DlqStat
     stats = DlqStats(target.name, target.dlq)
     client = await access.start(access.consumer(settings.kafka, target.group, client="dlq-stats"))
     try:
-        ranges = await access.spans(client, target.dlq)
+        ranges = await access.spans(client, target.dlq, target.group)
         stats.replayed = sum(s.replayed for s in ranges)
         async for record in access.scan(client, ranges):
             stats.pending += 1
