@@ -9,8 +9,9 @@ Parts (each contender on its own topics, consumer groups and table; every stage 
 pipeline worker runs with the product's defaults, and --worker-env NAME=VALUE gives them all a setting):
   drain        the pipeline worker, the bare loop and the naive Faust agent drain the same backlog
   reliability  the pipeline again with breakers and retry tiers off (TSDB_BREAKER_ENABLED=false,
-               TSDB_MAX_RETRIES=0): what the machinery costs on the healthy path; both sides drained
-               --reliability-runs times (3), alternating, and compared by their medians
+               TSDB_MAX_RETRIES=0): what the machinery costs on the healthy path; --reliability-runs
+               pairs (3), each drained back to back, the order alternating; the cost is 1 - the median
+               of the pairs' ratios
   scaleout     1, 2 and 3 (--workers) pipeline workers of one app form their groups, then drain the same
                backlog: each drain rate and its ratio to the 1-worker drain (needs --partitions >= the most
                workers); --sink-rtt-ms adds a round trip before PostgreSQL (a remote database)
@@ -40,7 +41,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import runs
-from bench.events import make_backlog
+from bench.events import Backlog, make_backlog
 from bench.plot import plot
 from bench.procs import stop_all
 from bench.report import (
@@ -89,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reliability-runs",
         type=int,
         default=3,
-        help="drains of each side of the reliability comparison, alternating; the cost is of the medians (3)",
+        help="pairs of the reliability comparison, each drained back to back, alternating (3)",
     )
     p.add_argument("--latency-seconds", type=float, default=30.0, help="length of the offered load (30)")
     p.add_argument(
@@ -174,31 +175,37 @@ def previous_rate(directory: Path) -> float | None:
         return None
 
 
+async def reliability_pairs(run: runs.Run, results: Results, backlog: Backlog, pairs: int) -> None:
+    """Drain the pipeline with and without breakers and tiers `pairs` times, the two of a pair back to back
+    and the order alternating (ABBA: a drift of the host over the minutes cancels). One drain is noisier
+    than the 5% it measures, and a drain a minute and two contenders away is not a fair comparison."""
+    if PIPELINE in results.drains:
+        results.repeats[PIPELINE] = [results.drains[PIPELINE].rate]
+    for n in range(1, pairs + 1):
+        rates: dict[str, float | None] = {}
+        for name in (NO_RELIABILITY, PIPELINE) if n % 2 else (PIPELINE, NO_RELIABILITY):
+            label = f"{name} (pair {n})"
+            print(f"bench: draining {backlog.events:,} events with {label} ...", flush=True)
+            overrides = runs.NO_RELIABILITY_ENV if name == NO_RELIABILITY else None
+            d = await runs.drain(run, name, backlog, overrides, lane=f"{name}-pair{n}")
+            results.drains.setdefault(name, d)
+            results.repeats.setdefault(name, []).append(None if d.error else d.rate)
+            rates[name] = None if d.error else d.rate
+            drained(label, d)
+        results.reliability_pairs.append((rates[PIPELINE], rates[NO_RELIABILITY]))
+
+
 async def bench(args: argparse.Namespace, run: runs.Run, results: Results, stamp: str) -> None:
     parts = args.parts
     drains = {"drain", "reliability", "scaleout"} & set(parts)
     backlog = make_backlog(args.events, args.duplicates, args.partitions) if drains else None
-    if backlog is not None and ("drain" in parts or "reliability" in parts):
-        contenders = [PIPELINE, BARE, NAIVE] if "drain" in parts else []
-        if "reliability" in parts:
-            contenders += [NO_RELIABILITY] + ([] if "drain" in parts else [PIPELINE])
-        for name in contenders:
+    if backlog is not None and "drain" in parts:
+        for name in (PIPELINE, BARE, NAIVE):
             print(f"bench: draining {backlog.events:,} events with {name} ...", flush=True)
-            overrides = runs.NO_RELIABILITY_ENV if name == NO_RELIABILITY else None
-            results.drains[name] = await runs.drain(run, name, backlog, overrides)
-            d = results.drains[name]
-            drained(name, d)
-        if "reliability" in parts and args.reliability_runs > 1:
-            # One drain of each is noisier than the 5% it measures: drain both again, alternating
-            for name in (PIPELINE, NO_RELIABILITY):
-                results.repeats[name] = [results.drains[name].rate]
-            for n in range(2, args.reliability_runs + 1):
-                for name in (NO_RELIABILITY, PIPELINE):
-                    print(f"bench: draining {backlog.events:,} events with {name} (run {n}) ...", flush=True)
-                    overrides = runs.NO_RELIABILITY_ENV if name == NO_RELIABILITY else None
-                    d = await runs.drain(run, name, backlog, overrides, lane=f"{name}-{n}")
-                    results.repeats[name].append(None if d.error else d.rate)
-                    drained(f"{name} (run {n})", d)
+            results.drains[name] = await runs.drain(run, name, backlog)
+            drained(name, results.drains[name])
+    if backlog is not None and "reliability" in parts:
+        await reliability_pairs(run, results, backlog, max(1, args.reliability_runs))
     if backlog is not None and "scaleout" in parts:
         results.scaleout = await runs.scaleout(run, backlog, args.workers, sink_rtt_ms=args.sink_rtt_ms)
     if "latency" in parts:

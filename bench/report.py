@@ -142,6 +142,9 @@ class Results:
     # The reliability comparison drained again (--reliability-runs): every rate of the pipeline and of the
     # pipeline without breakers and tiers, the first drain's included, alternating; None for a failed one.
     repeats: dict[str, list[float | None]] = field(default_factory=dict)
+    # The reliability comparison's pairs: (pipeline, pipeline without breakers and tiers) rates, the two
+    # drained back to back, the order alternating from pair to pair; None for a failed drain.
+    reliability_pairs: list[tuple[float | None, float | None]] = field(default_factory=list)
 
     @property
     def latency(self) -> Latency | None:
@@ -233,8 +236,18 @@ def ratios(results: Results) -> dict[str, float | None]:
         "pipeline_vs_bare": _ratio(pipeline, rate.get(BARE)),
         "pipeline_vs_naive": _ratio(pipeline, rate.get(NAIVE)),
         "naive_vs_bare": _ratio(rate.get(NAIVE), rate.get(BARE)),
-        "reliability_cost": None if pipeline is None or not no_rel else 1 - pipeline / no_rel,
+        "reliability_cost": reliability_cost(results, pipeline, no_rel),
     }
+
+
+def reliability_cost(results: Results, pipeline: float | None, no_rel: float | None) -> float | None:
+    """What breakers and tiers cost: 1 - the median over the pairs of pipeline / without (each pair drained
+    back to back, so the host's drift between drains a minute apart cancels); without pairs (an older run),
+    1 - the ratio of the medians."""
+    if results.reliability_pairs:
+        paired = [p / n for p, n in results.reliability_pairs if p is not None and n]
+        return 1 - statistics.median(paired) if paired else None
+    return None if pipeline is None or not no_rel else 1 - pipeline / no_rel
 
 
 def checks(results: Results, targets: Targets) -> list[Check]:
@@ -267,9 +280,14 @@ def checks(results: Results, targets: Targets) -> list[Check]:
         cost = r["reliability_cost"]
         rereads = [d.rereads for d in (pipe, results.drains[NO_RELIABILITY])]
         confounded = " (re-reads in a run: their stalls dominate the difference)" if any(rereads) else ""
-        runs = min(len(results.repeats.get(name, [])) for name in (PIPELINE, NO_RELIABILITY))
-        over = f" (medians of {runs} drains each)" if runs > 1 else ""
-        failed = sum(r is None for name in (PIPELINE, NO_RELIABILITY) for r in results.repeats.get(name, []))
+        pairs = results.reliability_pairs
+        if pairs:
+            over = f" (median of {len(pairs)} pairs drained back to back)"
+            failed = sum(rate is None for pair in pairs for rate in pair)
+        else:
+            runs = min(len(results.repeats.get(name, [])) for name in (PIPELINE, NO_RELIABILITY))
+            over = f" (medians of {runs} drains each)" if runs > 1 else ""
+            failed = sum(r is None for name in (PIPELINE, NO_RELIABILITY) for r in results.repeats.get(name, []))
         out.append(
             Check(
                 "breakers+tiers cost",
@@ -356,6 +374,12 @@ def render(results: Results, targets: Targets) -> str:
         shown = [f"{k} {v:.3f}" if k != "reliability_cost" else f"{k} {v:.1%}" for k, v in r.items() if v is not None]
         if shown:
             lines.append("ratios: " + ", ".join(shown))
+        if results.reliability_pairs:
+            each = [
+                f"{_fmt_rate(p)} / {_fmt_rate(n)}" + (f" ({1 - p / n:+.1%})" if p is not None and n else "")
+                for p, n in results.reliability_pairs
+            ]
+            lines.append("reliability pairs, ev/s with / without breakers and tiers (cost): " + ", ".join(each))
     lat = results.latency
     if lat is not None:
         pct = ", ".join(f"{k} {v:.0f} ms" for k, v in lat.percentiles_ms.items())
@@ -437,6 +461,10 @@ def _render_scaleout(scale: Scaleout, cpus: object) -> list[str]:
     return lines
 
 
+def _fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def _fmt_int(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -460,6 +488,7 @@ def to_json(results: Results, targets: Targets) -> dict[str, Any]:
         "profile": results.profile,
         "scaleout": _scaleout_json(results.scaleout),
         "repeats": results.repeats or None,
+        "reliability_pairs": results.reliability_pairs or None,
         "targets": asdict(targets),
         "checks": [asdict(c) for c in checks(results, targets)],
     }

@@ -392,3 +392,19 @@ def test_bench_workers_run_as_deployed_with_the_runs_settings_and_a_web_port_eac
     assert settings.ingest_batch_size == 7  # --worker-env reaches every worker of every part
     assert first.env["WEB_PORT"] != second.env["WEB_PORT"]
     assert pipeline_worker(run, lane, WEB_PORT="1234").env["WEB_PORT"] == "1234"
+
+
+def test_the_reliability_cost_is_the_median_of_pairs_drained_back_to_back(tmp_path: Path) -> None:
+    """The host drifts over minutes: pairs each drained back to back are compared with each other. Here the
+    ratio of the medians would say 12.5%, each pair says 0-2%."""
+    results = healthy()
+    results.repeats = {PIPELINE: [1000.0, 700.0, 700.0], NO_RELIABILITY: [800.0, 714.0, 1000.0]}
+    results.reliability_pairs = [(700.0, 714.0), (1000.0, 1000.0), (700.0, 700.0)]
+    assert ratios(results)["reliability_cost"] == pytest.approx(0.0)
+    found = {c.name: c for c in checks(results, Targets())}["breakers+tiers cost"]
+    assert found.ok and "median of 3 pairs drained back to back" in found.value
+    text = render(results, Targets())
+    assert "reliability pairs, ev/s with / without breakers and tiers (cost): 700 / 714 (+2.0%)" in text
+    assert json.loads(save(results, Targets(), tmp_path).read_text())["reliability_pairs"][0] == [700.0, 714.0]
+    results.reliability_pairs[1] = (None, 1000.0)  # a failed drain fails the check
+    assert not {c.name: c for c in checks(results, Targets())}["breakers+tiers cost"].ok
