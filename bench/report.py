@@ -229,25 +229,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def ratios(results: Results) -> dict[str, float | None]:
     rate = {name: d.rate for name, d in results.drains.items()}
-    pipeline, no_rel = results.rate_of(PIPELINE), results.rate_of(NO_RELIABILITY)
+    pipeline = results.rate_of(PIPELINE)
     # The pipeline's rate is the median of its drains when it was drained more than once (the reliability
     # comparison), as is the maximum the latency run offers half of.
     return {
         "pipeline_vs_bare": _ratio(pipeline, rate.get(BARE)),
         "pipeline_vs_naive": _ratio(pipeline, rate.get(NAIVE)),
         "naive_vs_bare": _ratio(rate.get(NAIVE), rate.get(BARE)),
-        "reliability_cost": reliability_cost(results, pipeline, no_rel),
+        "reliability_cost": reliability_cost(results),
     }
 
 
-def reliability_cost(results: Results, pipeline: float | None, no_rel: float | None) -> float | None:
+def reliability_cost(results: Results) -> float | None:
     """What breakers and tiers cost: 1 - the median over the pairs of pipeline / without (each pair drained
-    back to back, so the host's drift between drains a minute apart cancels); without pairs (an older run),
-    1 - the ratio of the medians."""
-    if results.reliability_pairs:
-        paired = [p / n for p, n in results.reliability_pairs if p is not None and n]
-        return 1 - statistics.median(paired) if paired else None
-    return None if pipeline is None or not no_rel else 1 - pipeline / no_rel
+    back to back, so the host's drift between drains a minute apart cancels); None without a complete pair."""
+    paired = [p / n for p, n in results.reliability_pairs if p is not None and n]
+    return 1 - statistics.median(paired) if paired else None
 
 
 def checks(results: Results, targets: Targets) -> list[Check]:
@@ -281,13 +278,8 @@ def checks(results: Results, targets: Targets) -> list[Check]:
         rereads = [d.rereads for d in (pipe, results.drains[NO_RELIABILITY])]
         confounded = " (re-reads in a run: their stalls dominate the difference)" if any(rereads) else ""
         pairs = results.reliability_pairs
-        if pairs:
-            over = f" (median of {len(pairs)} pairs drained back to back)"
-            failed = sum(rate is None for pair in pairs for rate in pair)
-        else:
-            runs = min(len(results.repeats.get(name, [])) for name in (PIPELINE, NO_RELIABILITY))
-            over = f" (medians of {runs} drains each)" if runs > 1 else ""
-            failed = sum(r is None for name in (PIPELINE, NO_RELIABILITY) for r in results.repeats.get(name, []))
+        over = f" (median of {len(pairs)} pairs drained back to back)"
+        failed = sum(rate is None for pair in pairs for rate in pair)
         out.append(
             Check(
                 "breakers+tiers cost",

@@ -29,10 +29,12 @@ GROUP_COORDINATOR = 0
 UNSTABLE_OFFSET_COMMIT = 88
 NO_OFFSET = -1
 # Errors after which the coordinator is looked up again (it moved, or is still loading the group).
-_RELOOKUP = (
-    kafka_errors.NotCoordinatorForGroupError.errno,
-    kafka_errors.GroupCoordinatorNotAvailableError.errno,
-    kafka_errors.GroupLoadInProgressError.errno,
+_RELOOKUP = frozenset(
+    (
+        kafka_errors.NotCoordinatorForGroupError.errno,
+        kafka_errors.GroupCoordinatorNotAvailableError.errno,
+        kafka_errors.GroupLoadInProgressError.errno,
+    )
 )
 
 
@@ -116,7 +118,7 @@ async def committed_stable(
             node = await kafka.coordinator_lookup(GROUP_COORDINATOR, group)
         response = await kafka.send(node, StableOffsetFetchRequest(group, tps))
         codes = {response.error_code} | {p[4] for _, parts, _ in response.topics for p in parts}
-        if codes & set(_RELOOKUP):
+        if codes & _RELOOKUP:
             node = None
         elif UNSTABLE_OFFSET_COMMIT not in codes:
             break

@@ -43,13 +43,15 @@ def drain(name: str, seconds: float, **fields: object) -> Drain:
 
 def healthy(pipeline_s: float = 1.0) -> Results:
     pipe = drain(PIPELINE, pipeline_s, by_hash_records=1000, sink_records=700, rereads=0)
+    no_rel = drain(NO_RELIABILITY, pipeline_s * 0.97)
     return Results(
+        reliability_pairs=[(pipe.rate, no_rel.rate)],
         meta={"events": 1000, "duplicate_share": 0.3, "partitions": 6, "cpus": 2},
         drains={
             PIPELINE: pipe,
             BARE: drain(BARE, 0.2),
             NAIVE: drain(NAIVE, 10.0),
-            NO_RELIABILITY: drain(NO_RELIABILITY, pipeline_s * 0.97),
+            NO_RELIABILITY: no_rel,
         },
         latency_runs=[
             Latency(
@@ -95,7 +97,7 @@ def test_each_target_fails_on_its_own() -> None:
         "sink records": lambda r: setattr(r.drains[PIPELINE], "sink_records", 701),
         "naive-faust rows": lambda r: setattr(r.drains[NAIVE], "rows", 699),
         "drain pipeline_vs_naive": lambda r: setattr(r.drains[NAIVE], "drain_s", 4.0),
-        "breakers+tiers cost": lambda r: setattr(r.drains[NO_RELIABILITY], "drain_s", 0.9),
+        "breakers+tiers cost": lambda r: setattr(r, "reliability_pairs", [(900.0, 1000.0)]),
         "p99 latency at half max rate": lambda r: setattr(r.latency, "percentiles_ms", {"p50": 40, "p99": 251}),
         "latency rows": lambda r: setattr(r.latency, "rows", 10499),
         "RSS with 1,000,000 hashes": lambda r: setattr(r.rss_1m, "seeded_duplicates_dropped", False),
@@ -272,15 +274,20 @@ def test_a_remote_sink_scaleout_says_its_round_trip_and_settings_and_drops_the_c
     assert data["scaleout"]["env"] == {"DEDUPE_STANDBY_REPLICAS": "1"}
 
 
-def test_the_reliability_cost_is_of_the_medians_when_drained_again() -> None:
+def test_the_reliability_cost_is_of_the_pairs_when_drained_again() -> None:
     results = Results(drains={PIPELINE: drain(PIPELINE, 1.0), NO_RELIABILITY: drain(NO_RELIABILITY, 1.0)})
+    results.reliability_pairs = [(1.0, 1.0)]
     assert ratios(results)["reliability_cost"] == pytest.approx(0.0)
     results.repeats = {PIPELINE: [1000.0, 900.0, 960.0], NO_RELIABILITY: [1000.0, 1100.0, 1000.0]}
+    results.reliability_pairs = [(1000.0, 1000.0), (900.0, 1100.0), (960.0, 1000.0)]
     assert results.rate_of(PIPELINE) == 960.0
     assert ratios(results)["reliability_cost"] == pytest.approx(0.04)
     found = {c.name: c for c in checks(results, Targets())}["breakers+tiers cost"]
-    assert found.ok and "medians of 3 drains each" in found.value
-    results.repeats[PIPELINE][1] = None  # a failed repeat fails the check
+    assert found.ok and "median of 3 pairs drained back to back" in found.value
+    results.reliability_pairs[1] = (None, 1100.0)  # a failed repeat fails the check
+    assert not {c.name: c for c in checks(results, Targets())}["breakers+tiers cost"].ok
+    results.reliability_pairs = [(None, 1000.0)]  # no complete pair: no cost, a failed check
+    assert ratios(results)["reliability_cost"] is None
     assert not {c.name: c for c in checks(results, Targets())}["breakers+tiers cost"].ok
 
 
@@ -339,10 +346,11 @@ def test_a_latency_run_is_reported_per_second_of_publish_time() -> None:
 def test_the_pipelines_ratios_are_of_the_median_of_its_drains() -> None:
     results = healthy()
     results.repeats = {PIPELINE: [1000.0, 500.0, 800.0], NO_RELIABILITY: [900.0, 820.0, None]}
+    results.reliability_pairs = [(500.0, 900.0), (800.0, 820.0), (1000.0, None)]
     r = ratios(results)
     assert r["pipeline_vs_bare"] == pytest.approx(800.0 / 5000.0)
     assert r["pipeline_vs_naive"] == pytest.approx(8.0)
-    assert r["reliability_cost"] == pytest.approx(1 - 800.0 / 860.0)
+    assert r["reliability_cost"] == pytest.approx(1 - (500.0 / 900.0 + 800.0 / 820.0) / 2)
 
 
 def test_the_hosts_stolen_cpu_is_read_from_proc_stat_and_shown_beside_each_result(
