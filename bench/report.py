@@ -15,6 +15,7 @@ PIPELINE = "pipeline"
 BARE = "bare-loop"
 NAIVE = "naive-faust"
 NO_RELIABILITY = "pipeline-no-breakers-tiers"
+DISK_STALL_MS = 100.0  # a disk sync this slow (bench.disk_probe) holds a sink commit past a round's budget
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Latency:
     # Per second of publish time (`per_second`): a miss from a slow spell shows as a few bad seconds, a
     # worker that cannot keep up as a tail that grows second by second.
     seconds_ms: list[dict[str, float]] = field(default_factory=list)
+    # bench.disk_probe.SyncStalls of the database's disk meanwhile (a 4 KiB fdatasync every 50 ms): a commit
+    # that waits on a stalled disk shows here, as the hypervisor's steal does above.
+    disk_sync: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -191,7 +195,7 @@ def per_second(samples: list[tuple[float, float]]) -> list[dict[str, float]]:
     `second` (offset), `events`, and the second's p50, p99 and max latency in ms."""
     if not samples:
         return []
-    start = math.floor(min(sent for sent, _ in samples))
+    start = window_start(samples)
     by_second: dict[int, list[float]] = {}
     for sent, latency in samples:
         by_second.setdefault(int(sent - start), []).append(latency)
@@ -205,6 +209,12 @@ def per_second(samples: list[tuple[float, float]]) -> list[dict[str, float]]:
         }
         for second, values in sorted(by_second.items())
     ]
+
+
+def window_start(samples: list[tuple[float, float]]) -> float:
+    """The first second of publish time of (publish time, latency) pairs (epoch seconds; 0 without any):
+    what `per_second` counts its seconds from."""
+    return math.floor(min(sent for sent, _ in samples)) if samples else 0.0
 
 
 def seconds_over(seconds_ms: list[dict[str, float]], over_ms: float) -> int:
@@ -221,6 +231,20 @@ def slow_seconds(seconds_ms: list[dict[str, float]], over_ms: float) -> str:
         f"{seconds_over(seconds_ms, over_ms)} of {len(seconds_ms)} seconds with p99 over {over_ms:g} ms; "
         f"the slowest, +{worst['second']:.0f} s: p99 {worst['p99']:,.0f} ms, max {worst['max']:,.0f} ms"
     )
+
+
+def disk_sync_summary(sync: dict[str, Any]) -> str:
+    """The probe's syncs on the database's disk (bench.disk_probe), as the latency line shows them."""
+    return (
+        f"disk sync p50 {sync['p50_ms']:,.0f} ms, p99 {sync['p99_ms']:,.0f} ms, max {sync['max_ms']:,.0f} ms "
+        f"({len(sync.get('stalls', []))} of {sync['syncs']:,} over {DISK_STALL_MS:g} ms)"
+    )
+
+
+def disk_stalls(sync: dict[str, Any], most: int = 6) -> str:
+    """The longest stalls of the probe, in time order, each at its second of the measured window."""
+    longest = sorted(sync["stalls"], key=lambda stall: -stall[1])[:most]
+    return ", ".join(f"{ms:,.0f} ms at +{at:.1f} s" for at, ms in sorted(longest))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -382,12 +406,15 @@ def render(results: Results, targets: Targets) -> str:
             + (pct or "-")
             + (f"; worker CPU {lat.cpu_s_per_1000:.3f} s per 1,000 events" if lat.cpu_s_per_1000 is not None else "")
             + (f"; host steal {lat.steal_cores:.2f} cores" if lat.steal_cores is not None else "")
+            + (f"; {disk_sync_summary(lat.disk_sync)}" if lat.disk_sync.get("syncs") else "")
             + (f"  ERROR: {lat.error}" if lat.error else "")
         )
         for hop, values in lat.hops_ms.items():
             lines.append(f"  {hop} hop: " + ", ".join(f"{k} {v:.0f} ms" for k, v in values.items()))
         if lat.seconds_ms:
             lines.append(f"  per second: {slow_seconds(lat.seconds_ms, targets.p99_ms)}")
+        if lat.disk_sync.get("stalls"):
+            lines.append(f"  disk sync stalls: {disk_stalls(lat.disk_sync)}")
         if len(results.latency_runs) > 1:
             each = [
                 "failed"
@@ -395,6 +422,7 @@ def render(results: Results, targets: Targets) -> str:
                 else _fmt(r.percentiles_ms.get("p99"), ".0f", " ms")
                 + ("" if r.steal_cores is None else f" (steal {r.steal_cores:.2f})")
                 + ("" if not r.seconds_ms else f" ({seconds_over(r.seconds_ms, targets.p99_ms)} s over)")
+                + ("" if not r.disk_sync.get("syncs") else f" (disk sync max {r.disk_sync['max_ms']:,.0f} ms)")
                 for r in results.latency_runs
             ]
             lines.append(f"  (the run of the median p99 of {len(each)}; each run's p99: {', '.join(each)})")

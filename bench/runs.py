@@ -8,17 +8,29 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import profile as profiling
+from bench.disk_probe import SyncProbe
 from bench.events import Backlog, LiveMix, Message, Scripted, compact, event, make_backlog, script
 from bench.hops import hop_percentiles
 from bench.measure import Table, assignments, commits_settled, records, rereads, wait_groups_stable, wait_rows
 from bench.procs import Child, Steal
-from bench.report import BARE, NO_RELIABILITY, PIPELINE, Drain, Latency, Rss1M, Scaleout, drained, per_second
+from bench.report import (
+    BARE,
+    NO_RELIABILITY,
+    PIPELINE,
+    Drain,
+    Latency,
+    Rss1M,
+    Scaleout,
+    drained,
+    per_second,
+    window_start,
+)
 from bench.stack import REPO, Lane, Stack, child_env, create_table, create_topic, pipeline_topics, produce, python
 from pipeline.config import load_settings
 from pipeline.devstack.kafka import free_port
@@ -312,10 +324,14 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0,
             child.start()
             await wait_rows(table, LATENCY_PRIMER, deadline=deadline, alive=child.exit_problem)
             cpu_before, steal = child.cpu_seconds(), Steal()
-            await offer(run, lane, rate, messages)
-            unique, result.unique = mix.unique, mix.stamped
-            result.sent, result.duplicate_share = total, run.duplicate_share
-            await wait_rows(table, LATENCY_PRIMER + unique, deadline=deadline, alive=child.exit_problem)
+            probe = SyncProbe(run.stack.database_dir or lane.dir).start()
+            try:
+                await offer(run, lane, rate, messages)
+                unique, result.unique = mix.unique, mix.stamped
+                result.sent, result.duplicate_share = total, run.duplicate_share
+                await wait_rows(table, LATENCY_PRIMER + unique, deadline=deadline, alive=child.exit_problem)
+            finally:
+                syncs = probe.stop()
             cpu_after, result.steal_cores = child.cpu_seconds(), steal.cores()
             if cpu_before is not None and cpu_after is not None:
                 result.cpu_s_per_1000 = round((cpu_after - cpu_before) / (warm + total) * 1000, 4)
@@ -323,6 +339,7 @@ async def latency(run: Run, rate: float, seconds: float, *, warmup: float = 0.0,
             result.rows = len(samples)
             result.percentiles_ms = {k: round(v, 1) for k, v in _percentiles([s for _, s in samples]).items()}
             result.seconds_ms = per_second(samples)
+            result.disk_sync = asdict(syncs.relative_to(window_start(samples)))
             topics = (catalog.by_hash.name, catalog.sink(SINK).name)
             result.hops_ms = await hop_percentiles(run.stack.bootstrap, run.stack.dsn, lane.table, *topics)
     except (TimeoutError, RuntimeError) as exc:

@@ -35,11 +35,14 @@ class Stack:
     dsn: str
     started_kafka: bool = False
     started_postgres: bool = False
+    # Where the database keeps its data, when the benchmark knows (the devstack's): bench.disk_probe syncs there.
+    database_dir: Path | None = None
 
 
 def open_stack() -> Stack:
     bootstrap, dsn = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("POSTGRES_DSN")
     started_kafka = started_pg = False
+    database_dir: Path | None = None
     if not bootstrap:
         from pipeline.devstack.kafka import kafka_up
 
@@ -49,9 +52,9 @@ def open_stack() -> Stack:
         from pipeline.devstack.postgres import postgres_up
 
         pg, started_pg = postgres_up()
-        dsn = pg.dsn
+        dsn, database_dir = pg.dsn, pg.state_dir
     assert bootstrap and dsn
-    return Stack(bootstrap, dsn, started_kafka, started_pg)
+    return Stack(bootstrap, dsn, started_kafka, started_pg, database_dir)
 
 
 def close_stack(stack: Stack) -> None:
