@@ -9,7 +9,8 @@ INGEST_MAX_EVENT_BYTES (E) bounds an event's body, as it arrives and in its cano
 - the pipeline's producers send requests of up to that same size (Kafka's max_request_size).
 
 topics.yaml gets the two topic sizes as `{ingest_message_bytes}` and `{message_bytes}`; `check_limits`
-refuses to start a worker whose topic catalog does not hold them. An event that still cannot be
+refuses to start a worker whose topic catalog does not hold them, and `check_cluster_sizes` one whose topics
+on the cluster do not (with TOPICS_AUTO_APPLY=false nothing else would raise them). An event that still cannot be
 forwarded (its canonical body over E, or producer headers filling the envelope) goes to the ingest DLQ
 as `too_large`: never a produce error out of an agent.
 """
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from pipeline.config import ConfigError
-from pipeline.topics import TopicCatalog, TopicSpec
+from pipeline.topics import TopicCatalog, TopicPlan, TopicSpec
 
 ENVELOPE_BYTES = 64 * 1024
 BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's message.max.bytes default
@@ -93,3 +94,23 @@ def check_limits(max_event_bytes: int, catalog: TopicCatalog) -> None:
                     f"INGEST_MAX_EVENT_BYTES={max_event_bytes}): set its {MAX_MESSAGE_BYTES} in topics.yaml"
                     f'{source} to at least {request} (e.g. "{{message_bytes}}")'
                 )
+
+
+def check_cluster_sizes(plan: TopicPlan, max_event_bytes: int) -> None:
+    """Raise LimitsError naming every topic whose max.message.bytes on the cluster (unset: the broker
+    default) is below what topics.yaml gives it, i.e. below what the pipeline writes or ingest accepts."""
+    short: list[str] = []
+    for change in plan.changes:
+        want = change.updates.get(MAX_MESSAGE_BYTES) if change.kind == "alter_config" else None
+        if want is None:
+            continue
+        have = change.current.get(MAX_MESSAGE_BYTES)
+        live = int(have) if have is not None else BROKER_DEFAULT_MAX_MESSAGE_BYTES
+        if live < int(want):
+            short.append(f"{change.topic!r} has {MAX_MESSAGE_BYTES}={live}, needs {want}")
+    if short:
+        raise LimitsError(
+            f"INGEST_MAX_EVENT_BYTES={max_event_bytes} needs larger records than these topics take: "
+            + "; ".join(short)
+            + " (run `pipeline topics apply`, or set TOPICS_AUTO_APPLY=true)"
+        )

@@ -276,6 +276,8 @@ class TopicChange:
     role: str | None = None
     #: For ``alter_config``: the config values apply sets (new values only).
     updates: dict[str, str] = field(default_factory=dict)
+    #: For ``alter_config``: the cluster's values of those keys (None: unset, the broker default).
+    current: dict[str, str | None] = field(default_factory=dict)
     #: True once apply has carried the change out.
     done: bool = False
 
@@ -1007,15 +1009,24 @@ def diff_topics(
         if peer_problem is not None:
             changes.append(TopicChange("drift", spec.name, peer_problem, fixable=False, role=spec.role))
         updates: dict[str, str] = {}
+        had: dict[str, str | None] = {}
         shown: list[str] = []
         for key, want in spec.config.items():
             have = current.configs.get(key)
             if _normalize(key, have) != _normalize(key, want):
-                updates[key] = want
+                updates[key], had[key] = want, have
                 shown.append(f"{key} {have if have is not None else '(unset)'} -> {want}")
         if updates:
             changes.append(
-                TopicChange("alter_config", spec.name, ", ".join(shown), fixable=True, role=spec.role, updates=updates)
+                TopicChange(
+                    "alter_config",
+                    spec.name,
+                    ", ".join(shown),
+                    fixable=True,
+                    role=spec.role,
+                    updates=updates,
+                    current=had,
+                )
             )
     return changes
 

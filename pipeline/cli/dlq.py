@@ -244,7 +244,11 @@ def export(
     if str(out) == "-":
         count = _run(export_dlq(settings, catalog, sink, flt, sys.stdout))
     else:
-        with out.open("w", encoding="utf-8") as handle:
+        try:
+            handle = out.open("w", encoding="utf-8")
+        except OSError as exc:
+            fail(f"export: cannot write {out}: {exc.strerror}", EXIT_FAILED)
+        with handle:
             count = _run(export_dlq(settings, catalog, sink, flt, handle))
     typer.echo(f"exported {count} events to {out}", err=True)
 

@@ -217,12 +217,30 @@ class SinkRunner:
             elif self.book.owed():
                 async with self.lock:
                     await self._commit(consumer, fetched)
+            if not fetched:
+                await self._probe_when_idle()
         except Exception:
             # Something unforeseen (a fetch error, a bug): commit nothing more, read again what is not done.
             log.exception("delivery round failed; its events stay in Kafka", sink=self.name, events=len(fetched))
             await self.settle_commit()  # read again from what the commit in flight leaves, not from before it
             self._rewind(consumer, self.book.everything(fetched))
             await self.sleep(IDLE_POLL_S)
+
+    async def _probe_when_idle(self) -> None:
+        """A half-open breaker closes on probes that succeed, and probes are writes: with no events to
+        write, a sink that is back would stay half-open until the next one. A sink whose health check asks
+        the sink itself (`Sink.health_probes_sink`) is asked instead, as one probe."""
+        if not self.sink.health_probes_sink or self.breaker.state is not BreakerState.HALF_OPEN:
+            return
+        permit = self.breaker.acquire()
+        if permit is None:
+            return
+        async with permit:
+            try:
+                healthy = bool((await self.sink.health()).get("ok"))
+            except Exception:
+                healthy = False
+            permit.success() if healthy else permit.failure()
 
     async def _idle(self, consumer: DeliveryConsumer, now: float) -> None:
         """Poll with everything paused (keeps the consumer in its group); put back anything returned."""

@@ -58,6 +58,10 @@ class Sink(abc.ABC):
     """Built by the registry as `SinkClass(settings)` where settings is the type's SinkSettings model."""
 
     name: str
+    #: Whether `health` asks the sink itself (a query, its readiness endpoint). Delivery then uses it as a
+    #: breaker probe when a half-open breaker has no events to try: without one, an idle sink that came
+    #: back would stay half-open (and the worker "severe") until the next event.
+    health_probes_sink: bool = False
 
     def __init__(self, settings: SinkSettings) -> None:
         self.name = settings.name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -31,6 +32,26 @@ from pipeline.web import admin, dlq_admin
 from pipeline.web.ingest import IngestEndpoint
 
 log = structlog.get_logger("pipeline.web")
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why the web server could not listen on host:port (checked before the worker joins its groups: a
+    second worker on the same WEB_PORT used to take partitions, force a rebalance, then die), or None."""
+    try:
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        return f"web_host (env WEB_HOST) {host!r} does not resolve: {exc.strerror}"
+    family, kind, proto, _, where = address
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            return (
+                f"web_port (env WEB_PORT) {port} on {host} is not free ({exc.strerror}): another worker or "
+                "program listens there; give each worker on a host its own WEB_PORT"
+            )
+    return None
 
 
 def package_version() -> str:

@@ -255,6 +255,37 @@ async def test_half_open_sends_up_to_half_open_max_inflight_probes() -> None:
     assert r.sink.max_in_flight == 3 and len(r.sink.written) == 6
 
 
+async def test_an_idle_half_open_breaker_is_closed_by_the_sinks_own_health_check() -> None:
+    """With no events to try, a sink that is back would stay half-open (the worker "severe") until the next
+    event; a sink whose health check asks the sink itself is asked instead, one probe per idle round."""
+    r = rig(partitions=1, circuit_breaker={"failure_threshold": 1, "open_duration_sec": 1, "success_threshold": 2})
+    breaker = r.runner.breaker
+
+    def state() -> BreakerState:
+        return breaker.state
+
+    breaker.trip("test")
+    r.clock.now += 2
+    await r.runner.step()
+    assert state() is BreakerState.HALF_OPEN  # this sink's health() does not ask the sink: no probe
+    answers = [False, True, True]
+
+    async def health() -> dict[str, Any]:
+        return {"sink": "fake", "ok": answers.pop(0)}
+
+    r.sink.health_probes_sink = True
+    r.sink.health = health  # type: ignore[method-assign]
+    await r.runner.step()
+    assert state() is BreakerState.OPEN  # a failed check is a failed probe
+    r.clock.now += 2
+    await r.runner.step()
+    assert state() is BreakerState.HALF_OPEN  # one success of the two it needs
+    await r.runner.step()
+    assert state() is BreakerState.CLOSED and answers == []
+    await r.runner.step()  # closed: no more checks
+    assert r.sink.written == []
+
+
 async def test_the_failure_rate_window_counts_requests_not_rounds() -> None:
     r = rig(
         partitions=1,

@@ -59,6 +59,8 @@ MESSAGE_LIMIT = 2000  # characters of Loki's response kept in the error (and so 
 
 
 class LokiSink(Sink):
+    health_probes_sink = True  # health() asks Loki's GET /ready
+
     def __init__(self, settings: LokiSinkSettings) -> None:
         self.name = settings.name
         self.settings = settings

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -89,10 +90,28 @@ class PostgresSinkSettings(SinkSettings):
 
     def require_runnable(self) -> None:
         # The message starts with the setting's name: Settings.check_runnable turns it into the env name.
-        if self.has_dsn:
+        if self.dsn is not None and self.has_dsn:
+            problem = dsn_problem(self.dsn.get_secret_value().strip())
+            if problem is not None:
+                raise ValueError(f"dsn {problem}")
             return
         if self.host is None and self.database is None and self.user is None:
             raise ValueError("dsn is required when the sink is enabled (or host, database and user)")
         for name in ("host", "database", "user"):
             if getattr(self, name) is None:
                 raise ValueError(f"{name} is required when connecting by parts (host, database, user) without dsn")
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why asyncpg cannot read `dsn` (its scheme, or a host's port), without repeating the DSN (it may
+    hold a password); None when it can."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "must be a postgresql:// URL (postgresql://user:password@host:5432/db)"
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        if host.endswith("]"):
+            continue  # [IPv6] without a port
+        _, sep, port = host.rpartition(":")
+        if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
+            return f"has port {port!r}: a port is a number from 1 to 65535"
+    return None

@@ -268,6 +268,8 @@ def insert_sql(qualified: str, key: Sequence[str], batch: str = ARRAY_BATCH) -> 
 
 
 class PostgresSink(Sink):
+    health_probes_sink = True  # health() runs SELECT 1 on the pool
+
     def __init__(self, settings: PostgresSinkSettings) -> None:
         self.name = settings.name
         self.settings = settings
