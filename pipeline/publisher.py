@@ -51,7 +51,11 @@ class Publisher:
         )
 
     async def __aenter__(self) -> Publisher:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # else aiokafka warns "Unclosed AIOKafkaProducer" at exit
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

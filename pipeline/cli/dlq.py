@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline.cli.common import fail, settings_or_exit
 from pipeline.config import Settings
@@ -63,7 +63,19 @@ def _run(make: Coroutine[Any, Any, T]) -> T:
     except codec.CodecError as exc:
         fail(f"import: {exc}", EXIT_FAILED)
     except (KafkaError, OSError, TimeoutError) as exc:
-        fail(f"kafka: {type(exc).__name__}: {exc}", EXIT_FAILED)
+        fail(f"kafka: {kafka_problem(exc)}", EXIT_FAILED)
+
+
+def kafka_problem(exc: BaseException) -> str:
+    """One line for a Kafka error: its class once (aiokafka's own text often starts with it already), and
+    the setting to check when no broker could be reached."""
+    name, text = type(exc).__name__, str(exc)
+    while text.startswith(f"{name}: "):
+        text = text[len(name) + 2 :]
+    line = f"{name}: {text}" if text and text != name else name
+    if isinstance(exc, KafkaConnectionError | OSError | TimeoutError):
+        line += " (no broker answered: check KAFKA_BOOTSTRAP_SERVERS)"
+    return line
 
 
 def _load(config: Path | None) -> tuple[Settings, TopicCatalog]:
@@ -211,7 +223,7 @@ def replay(
         summary, failed = got, True
         typer.echo(f"error: {exc}", err=True)
     except (KafkaError, OSError, TimeoutError) as exc:
-        fail(f"kafka: {type(exc).__name__}: {exc}", EXIT_FAILED)
+        fail(f"kafka: {kafka_problem(exc)}", EXIT_FAILED)
     if show_progress and not dry_run:
         sys.stderr.write("\n")
     if dry_run:

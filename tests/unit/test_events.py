@@ -336,3 +336,10 @@ def test_long_numbers_signs_and_exponents_belong_to_their_run(raw: bytes) -> Non
     _, shapes = events._number_shapes(raw)
     assert shapes is not None
     assert list(events._long_numbers(raw, shapes)) == [m.group() for m in events._LONG_NUMBER.finditer(raw)]
+
+
+def test_unix_time_is_read_as_utc_seconds_or_milliseconds_as_the_readme_says() -> None:
+    for stamp in (1700000000, "1700000000", 1700000000000, "2023-11-14T23:13:20+01:00"):
+        raw = json.dumps({"timestamp": stamp, "source": "s", "type": "t"}).encode()
+        body = json.loads(parse_event(raw, 1 << 20).body)
+        assert body["timestamp"] == "2023-11-14T22:13:20.000000Z", stamp
