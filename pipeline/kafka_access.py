@@ -67,6 +67,12 @@ async def check_kafka_access(kafka: KafkaSettings, timeout: float = 15.0) -> Non
 def _auth_message(kafka: KafkaSettings, server: str, exc: Exception) -> str:
     source = "KAFKA_SASL_PASSWORD_FILE" if kafka.sasl_password_file else "KAFKA_SASL_PASSWORD"
     reason = _reason(exc)
+    if isinstance(exc, kafka_errors.IllegalSaslStateError):  # the listener speaks no SASL: not the password
+        return (
+            f"Kafka broker {server} did not answer the SASL handshake (protocol {kafka.security_protocol}, "
+            f"mechanism {kafka.sasl_mechanism}): {reason}. Is that listener a SASL one? Check "
+            "KAFKA_BOOTSTRAP_SERVERS (the port of the SASL listener) and KAFKA_SECURITY_PROTOCOL; not retrying"
+        )
     return (
         f"Kafka broker {server} rejected the SASL credentials of user {kafka.sasl_username!r} "
         f"(mechanism {kafka.sasl_mechanism}, protocol {kafka.security_protocol}): {reason}. "

@@ -36,15 +36,24 @@ async def inspect(
     return found
 
 
+SHOWN_CHARS = 4096  # of a value or header in the text view; --json gives every byte
+
+
+def _shown(text: str, size: int) -> str:
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({size:,} bytes in all; --json shows every byte)"
+
+
 def pretty(record: DeadLetter) -> str:
-    """A multi-line view for a terminal: coordinates, headers, payload."""
+    """A multi-line view for a terminal: coordinates, headers, payload (each cut at SHOWN_CHARS)."""
     lines = [f"{record.topic}[{record.partition}]@{record.offset}  {from_ms(record.timestamp_ms)}"]
     lines.append(f"  key: {record.key_text if record.key_text is not None else record.key!r}")
     for name, value in record.headers:
-        text = value.decode("utf-8", "replace") if value is not None else "null"
+        text = _shown(value.decode("utf-8", "replace"), len(value)) if value is not None else "null"
         if "\n" in text:
             text = text.replace("\n", "\n      ")
         lines.append(f"  {name}: {text}")
-    body = record.value.decode("utf-8", "replace") if record.value is not None else "null"
+    body = _shown(record.value.decode("utf-8", "replace"), len(record.value)) if record.value is not None else "null"
     lines.append(f"  value: {body}")
     return "\n".join(lines)

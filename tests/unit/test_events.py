@@ -343,3 +343,11 @@ def test_unix_time_is_read_as_utc_seconds_or_milliseconds_as_the_readme_says() -
         raw = json.dumps({"timestamp": stamp, "source": "s", "type": "t"}).encode()
         body = json.loads(parse_event(raw, 1 << 20).body)
         assert body["timestamp"] == "2023-11-14T22:13:20.000000Z", stamp
+
+
+def test_a_key_given_twice_counts_once_with_its_last_value_on_both_paths() -> None:
+    head = b'{"timestamp":"2026-11-22T10:00:00Z","source":"v","source":"w","type":"t","payload":{"x":1,"x":'
+    plain = json.loads(parse_event(head + b"2}}", 1 << 20).body)
+    full = json.loads(parse_event(head + b'2,"big":1e400}}', 1 << 20).body)  # 1e400: the exact-number path
+    assert plain["source"] == full["source"] == "w"
+    assert plain["payload"] == {"x": 2} and full["payload"]["x"] == 2
