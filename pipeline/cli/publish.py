@@ -36,9 +36,12 @@ def publish(
         stream, total = sys.stdin.buffer, None
     else:
         path = Path(source)
-        if not path.is_file():
-            fail(f"{source}: no such file")
-        stream, total = path.open("rb"), path.stat().st_size
+        if path.is_dir():
+            fail(f"{source}: a directory, not a file of events")
+        try:
+            stream, total = path.open("rb"), path.stat().st_size
+        except OSError as exc:
+            fail(f"{source}: cannot read it: {exc.strerror}")
     show_progress = sys.stderr.isatty() if progress is None else progress
     try:
         result = asyncio.run(_publish(settings, stream, total, topic, key_field, headers, validate, show_progress))

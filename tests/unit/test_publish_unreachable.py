@@ -25,3 +25,11 @@ def test_dlq_stats_without_a_broker_names_the_setting_once(tmp_path: Path) -> No
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith("error: kafka: KafkaConnectionError: ") and "KafkaConnectionError: Kafka" not in line
     assert line.endswith("(no broker answered: check KAFKA_BOOTSTRAP_SERVERS)")
+
+
+def test_publish_names_what_is_wrong_with_its_source(tmp_path: Path) -> None:
+    env = {"PIPELINE_CONFIG": "", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}  # never reached
+    directory = run_cli("publish", str(tmp_path), env=env, timeout=60)
+    assert directory.returncode == 1 and "a directory, not a file of events" in directory.stderr
+    missing = run_cli("publish", str(tmp_path / "none.jsonl"), env=env, timeout=60)
+    assert missing.returncode == 1 and "cannot read it: No such file or directory" in missing.stderr
