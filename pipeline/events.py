@@ -46,6 +46,9 @@ MAX_KEY_LEN = 512
 MAX_DEPTH = 254  # levels of arrays and objects in an event, the event object included (orjson's limit)
 
 
+_LEAP_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:60(?![0-9])")
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,6 +59,13 @@ class Event(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     payload: Any = Field(default_factory=dict)  # parsed JSON; numbers are exact (see canonical_number)
     idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_KEY_LEN)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _no_leap_second(cls, value: Any) -> Any:
+        if type(value) is str and _LEAP_SECOND.match(value):
+            raise ValueError("timestamp has a leap second (:60), which no UTC datetime holds; send :59.999999")
+        return value
 
     @field_validator("timestamp")
     @classmethod
@@ -429,6 +439,10 @@ def _loads(text: str) -> Any:
     except Rejection:
         raise
     except ValueError as exc:
+        if text.startswith("\ufeff"):
+            raise Rejection(
+                "invalid_json", "not JSON: it starts with a byte order mark (BOM); send it without"
+            ) from None
         if "integer string conversion" not in str(exc):
             raise Rejection("invalid_json", f"not JSON: {exc}") from None
     except RecursionError:

@@ -351,3 +351,17 @@ def test_a_key_given_twice_counts_once_with_its_last_value_on_both_paths() -> No
     full = json.loads(parse_event(head + b'2,"big":1e400}}', 1 << 20).body)  # 1e400: the exact-number path
     assert plain["source"] == full["source"] == "w"
     assert plain["payload"] == {"x": 2} and full["payload"]["x"] == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "problem"),
+    [
+        (b'\xef\xbb\xbf{"timestamp":"2026-11-22T10:00:00Z","source":"s","type":"t"}', "invalid_json", "(BOM)"),
+        (b'{"timestamp":"2026-11-28T23:59:60Z","source":"s","type":"t"}', "schema", "leap second (:60)"),
+        (b'{"timestamp":"2026-11-28 23:59:60.5+01:00","source":"s","type":"t"}', "schema", "leap second (:60)"),
+    ],
+)
+def test_a_bom_and_a_leap_second_are_named_in_the_rejection(raw: bytes, reason: str, problem: str) -> None:
+    with pytest.raises(Rejection) as caught:
+        parse_event(raw, 1 << 20)
+    assert caught.value.reason == reason and problem in caught.value.message
