@@ -113,5 +113,6 @@ def dsn_problem(dsn: str) -> str | None:
             continue  # [IPv6] without a port
         _, sep, port = host.rpartition(":")
         if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
-            return f"has port {port!r}: a port is a number from 1 to 65535"
+            # Not the text itself: with a "/" in an unencoded password, what looks like the port is the password.
+            return "has a host whose port is not a number from 1 to 65535 (percent-encode / : @ in a password)"
     return None
