@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.report import DISK_STALL_MS, percentile
@@ -41,8 +41,7 @@ class SyncStalls:
 
     def relative_to(self, start: float) -> SyncStalls:
         """The same, with each stall's start as seconds after `start` (epoch seconds)."""
-        shifted = [(round(at - start, 1), ms) for at, ms in self.stalls]
-        return SyncStalls(self.directory, self.syncs, self.p50_ms, self.p99_ms, self.max_ms, shifted)
+        return replace(self, stalls=[(round(at - start, 1), ms) for at, ms in self.stalls])
 
 
 class SyncProbe:

@@ -39,6 +39,15 @@ class ConfigError(ValueError):
     """A setting is missing or invalid. The message names the setting and where its value came from."""
 
 
+DEFAULT_KAFKA_PORT = 9092  # what aiokafka connects to for a server given without a port
+
+
+def _split_server(server: str) -> tuple[str, str | None]:
+    """(host, port text) of `host:port`; (server, None) without a colon."""
+    host, sep, port = server.rpartition(":")
+    return (host, port) if sep else (server, None)
+
+
 class KafkaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -86,8 +95,8 @@ class KafkaSettings(BaseModel):
         if not servers:
             raise ValueError("must list at least one broker as host:port, e.g. kafka-1:9092,kafka-2:9092")
         for server in servers:
-            host, sep, port = server.rpartition(":")
-            if sep and (not host or not port.isdigit() or not 1 <= int(port) <= 65535):
+            host, port = _split_server(server)
+            if port is not None and (not host or not port.isdigit() or not 1 <= int(port) <= 65535):
                 raise ValueError(f"{server!r} is not host:port with a port from 1 to 65535")
         return value
 
@@ -142,6 +151,14 @@ class KafkaSettings(BaseModel):
     @property
     def servers(self) -> list[str]:
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each server; a server without a port is port 9092, as aiokafka's clients read it."""
+        out = []
+        for server in self.servers:
+            host, port = _split_server(server)
+            out.append((host, int(port)) if port is not None else (server, DEFAULT_KAFKA_PORT))
+        return out
 
     def sasl_password_value(self) -> str | None:
         """The SASL password: the value, or the mounted file's content without its trailing newline."""

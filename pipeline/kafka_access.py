@@ -33,22 +33,11 @@ _AUTH_ERRORS = (
 )
 
 
-DEFAULT_PORT = 9092  # what aiokafka connects to for a server given without a port
-
-
-def host_and_port(server: str) -> tuple[str, int]:
-    """`host:port` or a bare host (port 9092, as aiokafka's clients read it); the settings model has
-    checked that a given port is a number."""
-    host, sep, port = server.rpartition(":")
-    return (host, int(port)) if sep else (server, DEFAULT_PORT)
-
-
 async def check_kafka_access(kafka: KafkaSettings, timeout: float = 15.0) -> None:
     """Raise KafkaAccessError when the first broker that answers rejects the SASL credentials or the
     TLS handshake; return when one accepts them, or when none can be reached within `timeout`."""
     kwargs = kafka.client_kwargs()
-    for server in kafka.servers:
-        host, port = host_and_port(server)
+    for server, (host, port) in zip(kafka.servers, kafka.addresses(), strict=True):
         try:
             conn = await asyncio.wait_for(
                 create_conn(host, port, client_id=f"{kafka.client_id}-check", **kwargs),

@@ -12,9 +12,10 @@ from pipeline.config import load_settings
 
 
 def test_servers_with_and_without_a_port() -> None:
-    assert access.host_and_port("kafka-1:9093") == ("kafka-1", 9093)
-    assert access.host_and_port("notahostport") == ("notahostport", 9092)
-    assert access.host_and_port("[::1]:9094") == ("[::1]", 9094)
+    kafka = load_settings(
+        environ={"PIPELINE_CONFIG": "", "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9093, notahostport,[::1]:9094"}
+    ).kafka
+    assert kafka.addresses() == [("kafka-1", 9093), ("notahostport", 9092), ("[::1]", 9094)]
 
 
 async def test_a_server_without_a_port_is_tried_on_9092(monkeypatch: pytest.MonkeyPatch) -> None:
