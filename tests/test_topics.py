@@ -555,6 +555,7 @@ def _fake_settings(monkeypatch: pytest.MonkeyPatch, vars: TopicVars, bootstrap: 
     kafka = types.SimpleNamespace(
         bootstrap_servers=bootstrap,
         servers=[bootstrap],
+        addresses=lambda: [(bootstrap.rpartition(":")[0], int(bootstrap.rpartition(":")[2]))],
         client_id="pipeline",
         admin_kwargs=lambda: {"request_timeout_ms": 5000},
         client_kwargs=lambda: {},  # what pipeline.kafka_access's check connects with
