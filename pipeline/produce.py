@@ -143,6 +143,7 @@ def acked_producer(
         "enable_idempotence": True,
         "linger_ms": LINGER_MS,
         "max_request_size": max_request_size,
+        "compression_type": None if kafka.compression_type == "none" else kafka.compression_type,
         **kafka.client_kwargs(),
     }
     options.update(overrides)

@@ -204,6 +204,34 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 30, *, committ
         await consumer.stop()
 
 
+async def batch_codecs(bootstrap: str, topic: str, partition: int = 0) -> list[str]:
+    """The compression codec of every record batch stored in a partition, read with a raw Fetch from its
+    leader: what the broker keeps on disk and serves, which no consumer API shows."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.fetch import FetchRequest
+    from aiokafka.record.memory_records import MemoryRecords
+
+    names = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        client.add_topic(topic)
+        await client.force_metadata_update()
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        request = FetchRequest(500, 1, 16 << 20, 0, [(topic, [(partition, 0, 16 << 20)])])
+        response = await client.send(leader, request)
+        ((_, partitions),) = response.topics
+        ((_, error, _, *data),) = partitions
+        assert error == 0, f"fetch of {topic}[{partition}] failed with error code {error}"
+        records = MemoryRecords(data[-1])
+        codecs = []
+        while (batch := records.next_batch()) is not None:
+            codecs.append(names[batch.compression_type])
+        return codecs
+    finally:
+        await client.close()
+
+
 async def count_rows(dsn: str, table: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:

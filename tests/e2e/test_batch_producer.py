@@ -15,8 +15,8 @@ import pytest
 
 import pipeline.produce
 from pipeline.config import KafkaSettings
-from pipeline.produce import VECTOR_MIN_KEYS, BatchProducer, Record, partition_for
-from tests.support import create_topics, read_topic
+from pipeline.produce import VECTOR_MIN_KEYS, BatchProducer, Record, acked_producer, partition_for
+from tests.support import batch_codecs, create_topics, read_topic
 
 PARTITIONS = 3
 
@@ -169,3 +169,30 @@ async def test_keyed_records_land_on_the_default_partitioners_partition(kafka_bo
     for record in records:
         if record.key:
             assert record.partition == partition_for(record.key, PARTITIONS), record.key
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+async def test_record_batches_are_stored_with_the_configured_compression(
+    kafka_bootstrap: str, unique_id: str, codec: str
+) -> None:
+    """KAFKA_COMPRESSION_TYPE reaches every producer of the pipeline: the agents' BatchProducer and the
+    acked producers (publisher, retry tiers, DLQs); the broker stores their batches in that codec (topics
+    keep the producer's, Kafka's default compression.type=producer) and consumers read them back as sent."""
+    topic = f"batch-producer-codec-{codec}-{unique_id}"
+    await create_topics(kafka_bootstrap, [topic], 1)
+    values = [b'{"n": %d, "note": "%s"}' % (n, b"steady state " * 8) for n in range(200)]
+    async with producer(kafka_bootstrap, compression_type=codec) as out:
+        await out.send([Record(topic, b"k%d" % n, v, [("h", b"1")], 0) for n, v in enumerate(values[:100])])
+    single = acked_producer(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap, compression_type=codec),
+        client_id="test-acked",
+        max_request_size=1 << 20,
+    )
+    await single.start()
+    try:
+        await asyncio.gather(*[await single.send(topic, v, key=b"s", partition=0) for v in values[100:]])
+    finally:
+        await single.stop()
+    codecs = await batch_codecs(kafka_bootstrap, topic, 0)
+    assert codecs and set(codecs) == {codec}, codecs
+    assert [r.value for r in await read_topic(kafka_bootstrap, topic)] == values

@@ -117,3 +117,12 @@ def test_absurd_timeouts_name_the_setting_and_the_bound(env: dict[str, str], set
 def test_the_satcom_profile_is_within_the_bounds() -> None:
     settings = load_settings(environ={"DEPLOYMENT_PROFILE": "satcom"})
     assert settings.sinks["tsdb"].retry.timeout_ms == 300_000
+
+
+def test_an_unknown_compression_codec_names_the_setting_and_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"KAFKA_COMPRESSION_TYPE": "brotli"})
+    message = str(raised.value)
+    assert "kafka.compression_type" in message and "env KAFKA_COMPRESSION_TYPE" in message
+    assert all(codec in message for codec in ("none", "gzip", "snappy", "lz4", "zstd"))
+    assert load_settings(environ={"KAFKA_COMPRESSION_TYPE": "zstd"}).kafka.compression_type == "zstd"
