@@ -86,10 +86,10 @@ class KafkaSettings(BaseModel):
         "of one interval share a request; a record that finds the producer idle goes at once",
     )
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        "lz4",
+        "none",
         description="compression of every record batch the pipeline produces (topics keep the producer's with "
-        "Kafka's default compression.type=producer): lz4 wrote 3.3 times fewer bytes to the broker's disk "
-        "than none for about 5% more worker CPU; zstd 4.9 times fewer, for links that charge by the byte",
+        "Kafka's default compression.type=producer): lz4 wrote 3.3 times fewer bytes to the broker than none, "
+        "zstd 4.9 times fewer, for about 5% more worker CPU (and the broker's, which decompresses to validate)",
     )
     topic_partitions: int | None = Field(None, ge=1, description="overrides topics.yaml defaults.partitions")
     replication_factor: int | None = Field(None, ge=1, description="overrides defaults.replication_factor")

@@ -267,3 +267,29 @@ async def test_events_deleted_by_sink_topic_retention_during_an_outage_are_count
         "events deleted by the topic's retention before delivery; size QUEUE_MAX_BYTES for longer outages"
     )
     assert sum(r["deleted"] for r in reports) == deleted, second.tail()
+
+
+async def test_an_idle_half_open_breaker_closes_on_the_sinks_health_check(stack: Stack, proxy: FaultProxy) -> None:
+    """The breaker needs three successes to close, and the first probe once the database is back writes the
+    whole waiting batch: with nothing left to write it closes on PostgreSQL's own health check (`SELECT 1`),
+    instead of staying half-open (health "severe") until the next event arrives."""
+    await start(stack, FAST, TSDB_DSN=through(stack.dsn, proxy), TSDB_FAILURE_THRESHOLD="1", TSDB_SUCCESS_THRESHOLD="3")
+    stack.worker()
+    await produce(stack.bootstrap, stack.ingest_topic, events(0, 100))
+    await wait_delivered(stack, 100)
+
+    proxy.set("down")
+    await produce(stack.bootstrap, stack.ingest_topic, events(100, 20))
+    await poll(lambda: asyncio.sleep(0, transitions(stack)), lambda t: "closed->open" in t, timeout=30, what="open")
+    assert await count_rows(stack.dsn, stack.table) == 100
+    proxy.set("pass")
+    await wait_delivered(stack, 120)
+    written = time.monotonic()
+    await poll(
+        lambda: asyncio.sleep(0, transitions(stack)),
+        lambda t: t[-1] == "half_open->closed",
+        timeout=15,
+        what="the idle half-open breaker closed by health probes",
+    )
+    assert time.monotonic() - written < 15
+    assert await topic_size(stack.bootstrap, stack.sink_topic() + ".dlq") == 0
