@@ -68,9 +68,7 @@ def build_app(settings: Settings, catalog: TopicCatalog) -> Pipeline:
         # a live worker that consumes nothing.
         agent_supervisor=CrashingSupervisor,
         producer_acks=-1,
-        producer_compression_type=None
-        if settings.kafka.compression_type == "none"
-        else settings.kafka.compression_type,
+        producer_compression_type=settings.kafka.compression_codec(),
         producer_max_request_size=producer_request_bytes(catalog),
         broker_max_poll_records=settings.ingest_batch_size,
         broker_max_poll_interval=300.0,

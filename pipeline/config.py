@@ -221,6 +221,10 @@ class KafkaSettings(BaseModel):
             )
         return faust.SSLCredentials(kwargs["ssl_context"]) if "ssl_context" in kwargs else None
 
+    def compression_codec(self) -> str | None:
+        """`compression_type` as Kafka clients take it (aiokafka's and Faust's producers: None for none)."""
+        return None if self.compression_type == "none" else self.compression_type
+
     def admin_kwargs(self) -> dict[str, Any]:
         return {"client_id": f"{self.client_id}-admin", **self.client_kwargs()}
 

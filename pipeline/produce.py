@@ -143,7 +143,7 @@ def acked_producer(
         "enable_idempotence": True,
         "linger_ms": LINGER_MS,
         "max_request_size": max_request_size,
-        "compression_type": None if kafka.compression_type == "none" else kafka.compression_type,
+        "compression_type": kafka.compression_codec(),
         **kafka.client_kwargs(),
     }
     options.update(overrides)

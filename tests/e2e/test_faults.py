@@ -291,5 +291,7 @@ async def test_an_idle_half_open_breaker_closes_on_the_sinks_health_check(stack:
         timeout=15,
         what="the idle half-open breaker closed by health probes",
     )
-    assert time.monotonic() - written < 15
+    closed_after = time.monotonic() - written
+    # One probe per idle second and two successes still needed: seconds, well inside the poll's 15.
+    assert closed_after < 8, f"the idle breaker took {closed_after:.1f}s to close"
     assert await topic_size(stack.bootstrap, stack.sink_topic() + ".dlq") == 0

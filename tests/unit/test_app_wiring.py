@@ -346,3 +346,8 @@ async def test_an_agent_gets_every_queued_batch_as_one_group_acked_only_after_it
             await pipe.send(failed, broken())
             await anext(groups)
     assert consumer._new_offset(tps[0]) is None
+
+
+def test_the_compression_setting_reaches_fausts_producer(tmp_path: Path) -> None:
+    assert build(tmp_path).app.conf.producer_compression_type is None
+    assert build(tmp_path / "zstd", KAFKA_COMPRESSION_TYPE="zstd").app.conf.producer_compression_type == "zstd"
